@@ -1,0 +1,175 @@
+"""The front door: ``parallelize``, ``scan`` and ``explain``.
+
+``parallelize(cell)`` returns a ``Parallelized`` callable. Each call traces the cell
+at the call's signature (trace), runs the analysis passes (analyse, cached per
+signature), chooses a solver (plan) and runs the emitted program (emit); the
+whole is one ``jax.jit``, so eager calls compile once per input signature and
+calls under an outer jit/vmap/grad compose as with any JAX function.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from . import emit, plan as plan_mod, trace
+from .errors import AutoparError, validate_leaves
+from .passes import analyse
+from .report import Report
+from .solvers import SOLVER_NAMES, get_solver
+
+__all__ = ["parallelize", "Parallelized", "scan", "explain"]
+
+
+_KNOWN_OPTIONS = {"backward", "memory_budget", "init", "damping", "picard_warmup", "check", "chunk_size", "fallback"}
+
+
+def _check_solver(solver: Any) -> None:
+    if not isinstance(solver, str):
+        raise TypeError(f"`solver` must be a string such as 'auto' or 'linear'; got {type(solver).__name__}: {solver!r}.")
+    if solver != "auto":
+        get_solver(solver)
+
+
+class Parallelized:
+    """A recurrence step ``cell(h, x) -> h_new`` made parallel over time.
+
+    Call as ``fn(h0, xs)`` → states h_1..h_T stacked on axis 0 (the same values as
+    ``lax.scan``); ``fn(h0, xs, return_info=True)`` → ``(hs, info)``;
+    ``fn.explain(h0, xs)`` → a ``Report``.
+    """
+
+    def __init__(self, cell: Callable, *, solver: str = "auto", tol: float | None = None,
+                 max_iters: int | None = None, **options: Any) -> None:
+        if not callable(cell):
+            raise TypeError(f"`cell` must be callable as cell(h, x) -> new_h; got {type(cell).__name__}: {cell!r}.")
+        _check_solver(solver)
+        unknown = set(options) - _KNOWN_OPTIONS
+        if unknown:
+            raise TypeError(f"unknown option(s) {sorted(unknown)}; known options: {sorted(_KNOWN_OPTIONS)}.")
+        if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
+            raise ValueError(f"`tol` must be a positive number; got {tol!r}.")
+        if max_iters is not None and not (isinstance(max_iters, int) and max_iters >= 1):
+            raise ValueError(f"`max_iters` must be a positive int; got {max_iters!r}.")
+        self.cell = cell
+        self.solver = solver
+        self.options = dict(options, tol=tol, max_iters=max_iters)
+        self._analysis: dict = {}
+        self._jitted = jax.jit(self._run, static_argnames=("length", "reverse", "return_info"))
+        functools.update_wrapper(self, cell, updated=())
+
+    # ---- stages ------------------------------------------------------------------
+    def _prepare(self, h0, xs, length=None):
+        rec = trace.trace_cell(self.cell, h0, xs, length, name=getattr(self.cell, "__name__", "cell"))
+        key = (rec.signature(), rec.length, jax.default_backend())
+        if key not in self._analysis:
+            facts = analyse(rec)
+            p = plan_mod.make_plan(rec, facts, self.solver, options=self.options)
+            self._analysis[key] = (facts, p)
+        facts, p = self._analysis[key]
+        return rec, facts, p
+
+    def _run(self, h0, xs, length=None, reverse=False, return_info=False):
+        if reverse:
+            xs = jax.tree_util.tree_map(lambda a: jnp.flip(a, 0), xs)
+        rec, facts, p = self._prepare(h0, xs, length)
+        program = emit.build(rec, p, with_residual=return_info)
+        leaves, info = program(rec.consts, jax.tree_util.tree_leaves(h0), jax.tree_util.tree_leaves(xs))
+        if reverse:
+            leaves = [jnp.flip(l, 0) for l in leaves]
+        hs = jax.tree_util.tree_unflatten(rec.layout.treedef, leaves)
+        return (hs, info) if return_info else hs
+
+    # ---- public ------------------------------------------------------------------
+    def __call__(self, h0: Any, xs: Any = None, *, length: int | None = None, reverse: bool = False,
+                 return_info: bool = False):
+        validate_leaves(h0, "h0")
+        validate_leaves(xs, "xs")
+        trace.xs_length(xs, length)
+        return self._jitted(h0, xs, length=length, reverse=bool(reverse), return_info=bool(return_info))
+
+    def explain(self, h0: Any, xs: Any = None, *, length: int | None = None) -> Report:
+        """What autopar proves about this cell at this signature, and what it would run."""
+        rec, facts, p = self._prepare(h0, xs, length)
+        return Report(rec.name, facts, p, rec.layout, rec.length)
+
+    def __repr__(self) -> str:
+        return f"autopar.parallelize({getattr(self.cell, '__name__', self.cell)!r}, solver={self.solver!r})"
+
+
+def parallelize(cell: Callable | None = None, *, solver: str = "auto", tol: float | None = None,
+                max_iters: int | None = None, **options: Any):
+    """Make a recurrence step parallel over time.
+
+    Use as ``@autopar.parallelize`` or ``@autopar.parallelize(solver="linear")``.
+    ``cell(h, x) -> new_h`` where ``h`` is any pytree of arrays and ``x`` one time step
+    of the inputs. Solvers: ``"auto"`` (default: the planner chooses), ``"sequential"``
+    (``lax.scan``), ``"linear"`` (exact, affine cells), and the Newton family where available.
+    """
+    if cell is None:
+        return functools.partial(parallelize, solver=solver, tol=tol, max_iters=max_iters, **options)
+    return Parallelized(cell, solver=solver, tol=tol, max_iters=max_iters, **options)
+
+
+def _state_cell(f):
+    def cell(carry, x):
+        out = f(carry, x)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError(
+                f"`f` must return a pair (new_carry, y) like the body of jax.lax.scan; got {type(out).__name__}."
+            )
+        return out[0]
+
+    cell.__name__ = getattr(f, "__name__", "f")
+    return cell
+
+
+def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None, reverse: bool = False,
+         unroll: int | bool = 1, *, solver: str = "auto", return_info: bool = False, **options: Any):
+    """Drop-in for ``jax.lax.scan``: ``f(carry, x) -> (carry, y)``; returns ``(carry, ys)``.
+
+    The state update is solved by autopar; then every ``y`` comes from one vmapped
+    pass over (previous carry, x). ``unroll`` is accepted for signature compatibility
+    and used by the sequential solver only.
+    """
+    if not callable(f):
+        raise TypeError(f"`f` must be callable as f(carry, x) -> (carry, y); got {type(f).__name__}: {f!r}.")
+    validate_leaves(init, "init")
+    validate_leaves(xs, "xs")
+    T = trace.xs_length(xs, length)
+    fn = parallelize(_state_cell(f), solver=solver, **options)
+    out = fn(init, xs, length=length, reverse=reverse, return_info=return_info)
+    hs, info = out if return_info else (out, None)
+    if T == 0:
+        carry = init
+        ys = _empty_ys(f, init, xs)
+    else:
+        xs_ord = xs
+        first = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], init)
+        if reverse:
+            # step t (processing x_t) reads the carry after x_{t+1}
+            prev = jax.tree_util.tree_map(lambda h, a: jnp.concatenate([h[1:], a], 0), hs, first)
+            carry = jax.tree_util.tree_map(lambda h: h[0], hs)
+        else:
+            prev = jax.tree_util.tree_map(lambda a, h: jnp.concatenate([a, h[:-1]], 0), first, hs)
+            carry = jax.tree_util.tree_map(lambda h: h[-1], hs)
+        if xs_ord is None:
+            ys = jax.vmap(lambda c: f(c, None)[1])(prev)
+        else:
+            ys = jax.vmap(lambda c, x: f(c, x)[1])(prev, xs_ord)
+    return ((carry, ys), info) if return_info else (carry, ys)
+
+
+def _empty_ys(f, init, xs):
+    x0 = None if xs is None else jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], jnp.asarray(a).dtype), xs)
+    init_s = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.asarray(a).dtype), init)
+    y_shape = jax.eval_shape(lambda c, x: f(c, x)[1], init_s, x0)
+    return jax.tree_util.tree_map(lambda s: jnp.zeros((0, *s.shape), s.dtype), y_shape)
+
+
+def explain(f: Callable, init: Any, xs: Any = None, length: int | None = None, *, solver: str = "auto", **options: Any) -> Report:
+    """Report for a ``lax.scan``-style ``f(carry, x) -> (carry, y)``."""
+    return parallelize(_state_cell(f), solver=solver, **options).explain(init, xs, length=length)

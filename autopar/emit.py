@@ -1,0 +1,259 @@
+r"""Stage 4: build the program for a plan. The only stage that builds JAX computations.
+
+The emitted function maps ``(consts, h0 leaves, x leaves)`` to the state
+trajectory. Discrete (integer/bool) state leaves are solved first and exactly;
+the float state is then solved by the planned solver inside one
+``jax.custom_vjp`` shared by every solver:
+
+**Implicit adjoint.** At the solution v_t = f(v_{t-1}, x_t), the cotangents ḡ_t
+of the trajectory give adjoint states
+
+    λ_T = ḡ_T,    λ_t = ḡ_t + J_{t+1}ᵀ λ_{t+1},
+
+one *linear* recurrence backward in time whatever the forward solver was. Then
+∂L/∂v₀ = J_1ᵀ λ_1 and the cotangents of x_t and of the closed-over constants
+come from one VJP of the vmapped step at (v_{t-1}, x_t) with λ_t. The
+recurrence is solved either by a structure-aware reverse associative scan
+(``backward="linear"``, using the transposed compact factors) or by a reverse
+``lax.scan`` of per-step VJPs (``backward="sequential"``); the plan picks.
+The solver's iterations are never differentiated and no iterate is stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _compat
+from .plan import Plan
+from .solvers import Problem, get_solver
+from .solvers.linear import linear_scan, linearize_steps
+from .solvers.sequential import sequential_trajectory
+
+__all__ = ["Info", "build"]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Info:
+    """What happened in a solve. Array fields are traced values under jit.
+
+    ``solver`` is the name of the solver that produced the result (after any
+    fallback); ``iterations``, ``converged`` and ``residual`` (max over t of
+    ‖v_t − f(v_{t−1}, x_t)‖∞ relative to the state scale) describe the solve.
+    """
+
+    solver_index: Any
+    iterations: Any
+    converged: Any
+    residual: Any
+    history: Any = None
+    chain: tuple = dataclasses.field(default=(), metadata=dict(static=True))
+    planned: str = dataclasses.field(default="", metadata=dict(static=True))
+    backward: str = dataclasses.field(default="", metadata=dict(static=True))
+
+    @property
+    def solver(self) -> str:
+        """Name of the solver used (needs a concrete ``solver_index``)."""
+        try:
+            return self.chain[int(self.solver_index)]
+        except jax.errors.ConcretizationTypeError:
+            return f"<traced: one of {self.chain}>"
+
+    @property
+    def fallback(self) -> str | None:
+        """Why the planned solver was not the one used, or None."""
+        name = self.solver
+        return None if name == self.planned else f"{self.planned} did not converge; fell back to {name}"
+
+    def __repr__(self) -> str:
+        def show(x):
+            try:
+                return np.asarray(x).item() if np.ndim(x) == 0 else np.asarray(x)
+            except Exception:  # noqa: BLE001 - traced
+                return x
+
+        return (
+            f"Info(solver={self.solver!r}, iterations={show(self.iterations)}, converged={show(self.converged)}, "
+            f"residual={show(self.residual)}, backward={self.backward!r})"
+        )
+
+
+def _zeros_cotangent(x):
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        return jnp.zeros_like(x)
+    return np.zeros(x.shape, dtype=jax.dtypes.float0)
+
+
+def _shift(v0, vs):
+    """(v_0..v_{T-1}) from v0 and (v_1..v_T)."""
+    return jnp.concatenate([v0[None], vs[:-1]], axis=0)
+
+
+def make_differentiable_solve(rec, plan: Plan):
+    """``solve(consts, v0, xt) -> (vs, stats arrays)`` with the implicit adjoint as its VJP."""
+    solver = get_solver(plan.solver)
+    structure = plan.structure
+
+    def step(consts, v, xt):
+        disc, x = xt
+        return rec.step(consts, v, disc, x)[0]
+
+    def forward(consts, v0, xt):
+        f = lambda v, x: step(consts, v, x)  # noqa: E731
+        problem = Problem(f, v0, xt, structure, rec.length, plan.options)
+        vs, stats = solver.solve(problem)
+        return vs, (stats.solver_index, stats.iterations, stats.converged, stats.history)
+
+    @jax.custom_vjp
+    def solve(consts, v0, xt):
+        return forward(consts, v0, xt)
+
+    def solve_fwd(consts, v0, xt):
+        out = forward(consts, v0, xt)
+        return out, (consts, v0, xt, out[0])
+
+    def solve_bwd(res, cts):
+        consts, v0, xt, vs = res
+        g = cts[0]
+        if isinstance(g, jax.custom_derivatives.SymbolicZero) or g is None:  # pragma: no cover
+            g = jnp.zeros_like(vs)
+        prev = _shift(v0, vs)
+        if plan.backward == "linear":
+            d_consts, d_v0, d_xt = _adjoint_linear(step, structure, consts, v0, xt, prev, g)
+        else:
+            d_consts, d_v0, d_xt = _adjoint_sequential(step, consts, v0, xt, prev, g)
+        return d_consts, d_v0, d_xt
+
+    solve.defvjp(solve_fwd, solve_bwd)
+    return solve
+
+
+def _float_vjp(fun, *primals):
+    """VJP of ``fun`` w.r.t. the inexact leaves of ``primals`` only.
+
+    Returns ``(out, vjp)`` where ``vjp(ct)`` gives the cotangents of the inexact leaves as a
+    flat list (integer leaves have none); ``_expand`` rebuilds full cotangent pytrees.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(primals)
+    mask = [bool(jnp.issubdtype(jnp.asarray(l).dtype, jnp.inexact)) for l in leaves]
+
+    def g(float_leaves):
+        it = iter(float_leaves)
+        full = [next(it) if m else l for l, m in zip(leaves, mask)]
+        return fun(*jax.tree_util.tree_unflatten(treedef, full))
+
+    return jax.vjp(g, [l for l, m in zip(leaves, mask) if m])
+
+
+def _expand(float_cts, primals):
+    """Full cotangent pytrees for ``primals`` from the inexact leaves' cotangents (float0 elsewhere)."""
+    leaves, treedef = jax.tree_util.tree_flatten(primals)
+    it = iter(float_cts)
+    full = [next(it) if jnp.issubdtype(jnp.asarray(l).dtype, jnp.inexact) else _zeros_cotangent(l) for l in leaves]
+    return jax.tree_util.tree_unflatten(treedef, full)
+
+
+def _adjoint_linear(step, structure, consts, v0, xt, prev, g):
+    f = lambda v, x: step(consts, v, x)  # noqa: E731
+    _, a = linearize_steps(f, structure, prev, xt)  # J_1..J_T at the solution
+    at = jax.vmap(structure.transpose)(a)
+    # λ_t = ḡ_t + J_{t+1}ᵀ λ_{t+1}: reverse scan with factor M_t = J_{t+1}ᵀ (M_T unused, λ_{T+1} = 0)
+    m = jax.tree_util.tree_map(lambda x: jnp.concatenate([x[1:], x[-1:]], axis=0), at)
+    lam = linear_scan(structure, m, g, jnp.zeros_like(v0), reverse=True)
+    F = jax.vmap(step, in_axes=(None, 0, 0))
+    _, vjp = _float_vjp(F, consts, prev, xt)
+    (cts,) = vjp(lam)
+    d_consts, d_prev, d_xt = _expand(cts, (consts, prev, xt))
+    return d_consts, d_prev[0], d_xt
+
+
+def _adjoint_sequential(step, consts, v0, xt, prev, g):
+    n_const = sum(1 for c in jax.tree_util.tree_leaves(consts) if jnp.issubdtype(jnp.asarray(c).dtype, jnp.inexact))
+
+    def body(carry, inp):
+        c, d_consts = carry  # c = J_{t+1}ᵀ λ_{t+1}
+        g_t, p_t, x_t = inp
+        _, vjp = _float_vjp(step, consts, p_t, x_t)
+        (cts,) = vjp(g_t + c)
+        dc, rest = cts[:n_const], cts[n_const:]
+        n_v = 1 if jnp.issubdtype(p_t.dtype, jnp.inexact) else 0
+        dv, dx = (rest[0] if n_v else jnp.zeros_like(c)), rest[n_v:]
+        return (dv, [a + b for a, b in zip(d_consts, dc)]), dx
+
+    zc = [jnp.zeros_like(c) for c in jax.tree_util.tree_leaves(consts) if jnp.issubdtype(jnp.asarray(c).dtype, jnp.inexact)]
+    (d_v0, dc), dx = jax.lax.scan(body, (jnp.zeros_like(v0), zc), (g, prev, xt), reverse=True)
+    d_consts = _expand(dc, consts)
+    d_xt = _expand(dx, xt)
+    return d_consts, d_v0, d_xt
+
+
+def build(rec, plan: Plan, *, with_residual: bool = False) -> Callable:
+    """The program for ``plan``: ``run(consts, h0_leaves, x_leaves) -> (state leaves (T, ...), Info)``."""
+    layout = rec.layout
+    n_disc = rec.n_discrete
+    chain = get_solver(plan.solver).chain()
+    T = rec.length
+
+    def run(consts, h0_leaves, x_leaves):
+        v0, disc0 = layout.ravel(h0_leaves)
+        if plan.solver == "sequential":
+            def body(carry, x):
+                v, disc = carry
+                v, disc = rec.step(consts, v, disc, x)
+                return (v, disc), (v, disc)
+
+            _, (vs, discs) = jax.lax.scan(body, (v0, list(disc0)), list(x_leaves), length=T)
+            stats = (jnp.asarray(0, jnp.int32), jnp.asarray(T, jnp.int32), jnp.asarray(True), None)
+        else:
+            discs = _discrete_trajectory(rec, consts, v0, disc0, x_leaves)
+            disc_prev = [jnp.concatenate([d0[None], d[:-1]], 0) for d0, d in zip(disc0, discs)]
+            solve = make_differentiable_solve(rec, plan)
+            vs, stats = solve(list(consts), v0, (disc_prev, list(x_leaves)))
+        residual = jnp.asarray(jnp.nan, jnp.float32)
+        if with_residual:
+            residual = _residual(rec, consts, v0, disc0, discs, x_leaves, vs)
+        leaves = jax.vmap(layout.unravel)(vs, list(discs)) if T > 0 else _empty_leaves(layout, discs)
+        info = Info(stats[0], stats[1], stats[2], residual, stats[3], chain, plan.solver, plan.backward)
+        return leaves, info
+
+    return run
+
+
+def _empty_leaves(layout, discs):
+    out, it = [], iter(discs)
+    for l in layout.leaves:
+        out.append(jnp.zeros((0, *l.shape), l.dtype) if l.differentiable else next(it))
+    return out
+
+
+def _discrete_trajectory(rec, consts, v0, disc0, x_leaves):
+    """Integer/bool leaves, solved exactly by a scan of their own (they do not read the float state)."""
+    if not disc0:
+        return []
+    v_dummy = jnp.zeros_like(v0)
+
+    def body(disc, x):
+        _, new = rec.step(consts, v_dummy, disc, x)
+        return new, new
+
+    return jax.lax.scan(body, list(disc0), list(x_leaves), length=rec.length)[1]
+
+
+def _residual(rec, consts, v0, disc0, discs, x_leaves, vs):
+    """max_t ‖v_t − f(v_{t−1}, x_t)‖∞ / (1 + max‖v‖∞), from one vmapped step (no gradient)."""
+    if rec.length == 0 or rec.size == 0:
+        return jnp.zeros((), jnp.float32)
+    vs = jax.lax.stop_gradient(vs)
+    prev = _shift(v0, vs)
+    disc_prev = [jnp.concatenate([d0[None], d[:-1]], 0) for d0, d in zip(disc0, discs)]
+    F = jax.vmap(lambda v, d, x: rec.step(consts, v, d, x)[0])
+    fv = F(prev, disc_prev, list(x_leaves))
+    err = jnp.max(jnp.abs(vs - fv))
+    scale = 1.0 + jnp.max(jnp.abs(vs))
+    return (err / scale).astype(jnp.float32)

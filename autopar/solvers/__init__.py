@@ -1,0 +1,11 @@
+"""Solvers: each computes the trajectory of a recurrence; see ``base.Solver``."""
+
+from . import linear as linear
+from . import sequential as sequential
+from .base import SOLVER_NAMES as SOLVER_NAMES
+from .base import Problem as Problem
+from .base import Solver as Solver
+from .base import Stats as Stats
+from .base import get_solver as get_solver
+from .base import register_solver as register_solver
+from .base import solver_names as solver_names

@@ -1,0 +1,132 @@
+"""The pass framework: a pass reads a ``Recurrence`` and adds named facts.
+
+A pass is a small class with a ``name``, the facts it ``requires`` and the facts it
+``provides``; ``run(rec, facts)`` returns a dict of the facts it provides. The
+``PassManager`` orders passes by their dependencies, runs them, and wraps any
+failure with the name of the pass and of the passes that ran before it.
+
+Passes never build solvers: they only describe the recurrence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Iterable
+
+__all__ = ["Facts", "Pass", "PassError", "PassManager", "register", "unregister", "registered_passes"]
+
+
+class Facts(dict):
+    """What the analysis proved about a recurrence: a dict with attribute access.
+
+    Standard keys (see each pass): ``sparsity`` (D × D bool), ``discrete_sparsity``,
+    ``degree`` ("constant" | "affine" | "piecewise-linear" | "nonlinear"), ``linear``
+    (bool), ``structure`` (an ``autopar.structure.Structure``), ``conservative``
+    (primitive names handled conservatively), ``notes`` (list of strings).
+    """
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(f"no fact named {key!r}; known facts: {sorted(self)}") from None
+
+
+class PassError(RuntimeError):
+    """An analysis pass failed; the message names the pass and what ran before it."""
+
+
+class Pass:
+    """Base class of analysis passes."""
+
+    name: ClassVar[str] = ""
+    requires: ClassVar[tuple[str, ...]] = ()
+    provides: ClassVar[tuple[str, ...]] = ()
+
+    def run(self, rec: Any, facts: Facts) -> dict[str, Any]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, Pass] = {}
+
+
+def register(pass_: Pass | type, *, override: bool = False) -> Pass:
+    """Add a pass to the default pipeline. Usable as a class decorator.
+
+    Duplicate names are rejected unless ``override=True``.
+    """
+    inst = pass_() if isinstance(pass_, type) else pass_
+    if not isinstance(inst, Pass):
+        raise TypeError(f"register() takes a Pass subclass or instance; got {type(inst).__name__}.")
+    if not inst.name:
+        raise ValueError(f"pass {type(inst).__name__} needs a non-empty class attribute `name`.")
+    if inst.name in _REGISTRY and not override:
+        raise ValueError(
+            f"a pass named {inst.name!r} is already registered ({type(_REGISTRY[inst.name]).__name__}). "
+            "Choose another name, or pass override=True to replace it."
+        )
+    _REGISTRY[inst.name] = inst
+    return pass_
+
+
+def unregister(name: str) -> None:
+    if name not in _REGISTRY:
+        raise KeyError(f"no pass named {name!r}; registered: {sorted(_REGISTRY)}")
+    del _REGISTRY[name]
+
+
+def registered_passes() -> list[Pass]:
+    return list(_REGISTRY.values())
+
+
+@dataclasses.dataclass
+class PassManager:
+    """Runs passes in dependency order (a topological sort over requires → provides)."""
+
+    passes: list[Pass]
+
+    @classmethod
+    def default(cls) -> "PassManager":
+        return cls(registered_passes())
+
+    def ordered(self) -> list[Pass]:
+        import networkx as nx
+
+        provider: dict[str, str] = {}
+        for p in self.passes:
+            for f in p.provides:
+                provider.setdefault(f, p.name)
+        g = nx.DiGraph()
+        for p in self.passes:
+            g.add_node(p.name)
+            for req in p.requires:
+                if req not in provider:
+                    raise PassError(f"pass {p.name!r} requires fact {req!r}, which no registered pass provides.")
+                if provider[req] != p.name:
+                    g.add_edge(provider[req], p.name)
+        try:
+            order = list(nx.lexicographical_topological_sort(g, key=lambda n: [q.name for q in self.passes].index(n)))
+        except nx.NetworkXUnfeasible:
+            cycle = nx.find_cycle(g)
+            raise PassError(f"passes depend on each other in a cycle: {cycle}") from None
+        by_name = {p.name: p for p in self.passes}
+        return [by_name[n] for n in order]
+
+    def run(self, rec: Any, facts: Facts | None = None) -> Facts:
+        facts = Facts() if facts is None else facts
+        done: list[str] = []
+        for p in self.ordered():
+            try:
+                new = p.run(rec, facts) or {}
+            except Exception as e:  # noqa: BLE001
+                raise PassError(
+                    f"analysis pass {p.name!r} failed on {getattr(rec, 'name', 'cell')!r} "
+                    f"after {done or 'no other passes'}: {type(e).__name__}: {e}"
+                ) from e
+            facts.update(new)
+            done.append(p.name)
+        return facts
+
+
+def iter_names(passes: Iterable[Pass]) -> list[str]:
+    return [p.name for p in passes]

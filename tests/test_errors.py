@@ -1,0 +1,116 @@
+"""Bad input gets an error before any compute, naming the argument, what was received and what to do."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import autopar
+from autopar.solvers import SOLVER_NAMES, solver_names
+
+
+def test_not_callable():
+    with pytest.raises(TypeError, match="`cell` must be callable"):
+        autopar.parallelize(3)
+
+
+def test_unknown_solver_lists_available():
+    with pytest.raises(ValueError, match="unknown solver 'fast'.*Available: auto, "):
+        autopar.parallelize(lambda h, x: h, solver="fast")
+
+
+@pytest.mark.parametrize("name", [n for n in SOLVER_NAMES if n != "auto" and n not in solver_names()] or ["(none pending)"])
+def test_pending_solver_names_are_explained(name):
+    if name == "(none pending)":
+        pytest.skip("every documented solver is available")
+    with pytest.raises(ValueError, match="not available in this version"):
+        autopar.parallelize(lambda h, x: h, solver=name)
+
+
+def test_unknown_option():
+    with pytest.raises(TypeError, match="unknown option"):
+        autopar.parallelize(lambda h, x: h, tolerance=1e-3)
+
+
+def test_output_structure_mismatch():
+    fn = autopar.parallelize(lambda h, x: (h, h))
+    with pytest.raises(TypeError, match="same pytree structure as `h0`"):
+        fn(jnp.zeros(2), jnp.zeros((3, 2)))
+
+
+def test_output_shape_mismatch_names_leaf():
+    fn = autopar.parallelize(lambda h, x: {"a": h["a"], "b": jnp.zeros(3)})
+    with pytest.raises(TypeError, match=r"h0\[.b.\].*float\d+\[3\].*float\d+\[2\]"):
+        fn({"a": jnp.zeros(2), "b": jnp.zeros(2)}, jnp.zeros((3, 2)))
+
+
+def test_output_dtype_mismatch():
+    fn = autopar.parallelize(lambda h, x: h.astype(jnp.float16))
+    with pytest.raises(TypeError, match="keep each state leaf's shape and dtype"):
+        fn(jnp.zeros(2, jnp.float32), jnp.zeros((3, 2)))
+
+
+def test_xs_lengths_differ():
+    fn = autopar.parallelize(lambda h, x: h)
+    with pytest.raises(ValueError, match=r"same leading \(time\) length.*xs\['a'\]: 3.*xs\['b'\]: 4"):
+        fn(jnp.zeros(2), {"a": jnp.zeros((3, 2)), "b": jnp.zeros((4,))})
+
+
+def test_scalar_xs_leaf():
+    fn = autopar.parallelize(lambda h, x: h)
+    with pytest.raises(ValueError, match="leading time axis"):
+        fn(jnp.zeros(2), jnp.float32(1.0))
+
+
+def test_non_array_leaf():
+    fn = autopar.parallelize(lambda h, x: h)
+    with pytest.raises(TypeError, match=r"`h0\[1\]` is a str"):
+        fn((jnp.zeros(2), "abc"), jnp.zeros((3, 2)))
+
+
+def test_length_disagrees():
+    fn = autopar.parallelize(lambda h, x: h)
+    with pytest.raises(ValueError, match="disagrees"):
+        fn(jnp.zeros(2), jnp.zeros((3, 2)), length=4)
+
+
+def test_no_xs_no_length():
+    with pytest.raises(ValueError, match="pass `length=T`"):
+        autopar.parallelize(lambda h, x: h)(jnp.zeros(2), None)
+
+
+def test_python_control_flow_is_explained():
+    def cell(h, x):
+        if h[0] > 0:  # Python control flow on a traced value
+            return h
+        return -h
+
+    with pytest.raises(autopar.AutoparError, match=r"jnp.where.*lax.cond"):
+        autopar.parallelize(cell)(jnp.zeros(2), jnp.zeros((3, 2)))
+
+
+def test_forced_linear_on_nonlinear_cell():
+    fn = autopar.parallelize(lambda h, x: jnp.tanh(h) + x, solver="linear")
+    with pytest.raises(ValueError, match="does not apply to this cell.*nonlinear"):
+        fn(jnp.zeros(2), jnp.zeros((3, 2)))
+
+
+def test_scan_body_must_return_pair():
+    with pytest.raises(TypeError, match=r"pair \(new_carry, y\)"):
+        autopar.scan(lambda c, x: c, jnp.zeros(2), jnp.zeros((3, 2)))
+
+
+def test_bad_tol_and_max_iters():
+    with pytest.raises(ValueError, match="`tol`"):
+        autopar.parallelize(lambda h, x: h, tol=-1.0)
+    with pytest.raises(ValueError, match="`max_iters`"):
+        autopar.parallelize(lambda h, x: h, max_iters=0)
+
+
+def test_errors_before_compute(monkeypatch):
+    """Validation happens before any compilation: jit is never reached for bad xs."""
+    called = []
+    fn = autopar.parallelize(lambda h, x: h)
+    monkeypatch.setattr(fn, "_jitted", lambda *a, **k: called.append(1))
+    with pytest.raises(ValueError):
+        fn(jnp.zeros(2), {"a": jnp.zeros((3,)), "b": jnp.zeros((4,))})
+    assert not called

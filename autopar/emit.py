@@ -211,7 +211,7 @@ def build(rec, plan: Plan, *, with_residual: bool = False) -> Callable:
             _, (vs, discs) = jax.lax.scan(body, (v0, list(disc0)), list(x_leaves), length=T)
             stats = (jnp.asarray(0, jnp.int32), jnp.asarray(T, jnp.int32), jnp.asarray(True), None)
         else:
-            discs = _discrete_trajectory(rec, consts, v0, disc0, x_leaves)
+            discs = _discrete_trajectory(rec, plan, consts, v0, disc0, x_leaves)
             disc_prev = [jnp.concatenate([d0[None], d[:-1]], 0) for d0, d in zip(disc0, discs)]
             solve = make_differentiable_solve(rec, plan)
             vs, stats = solve(list(consts), v0, (disc_prev, list(x_leaves)))
@@ -232,14 +232,35 @@ def _empty_leaves(layout, discs):
     return out
 
 
-def _discrete_trajectory(rec, consts, v0, disc0, x_leaves):
-    """Integer/bool leaves, solved exactly by a scan of their own (they do not read the float state)."""
+def _discrete_trajectory(rec, plan, consts, v0, disc0, x_leaves):
+    """Integer/bool leaves, solved exactly on their own (they do not read the float state).
+
+    With ``plan.discrete == "affine-scan"`` each integer leaf updates elementwise as
+    n_t = a_t ⊙ n_{t−1} + b_t with b_t = g(0, x_t) and a_t = g(1, x_t) − g(0, x_t); integer
+    multiply-add is a ring, so the associative scan is exact (wraparound included).
+    """
     if not disc0:
         return []
     v_dummy = jnp.zeros_like(v0)
+    g = lambda disc, x: rec.step(consts, v_dummy, disc, x)[1]  # noqa: E731
+    if plan.discrete == "affine-scan" and rec.length > 0:
+        zeros = [jnp.zeros_like(d) for d in disc0]
+        ones = [jnp.ones_like(d) for d in disc0]
+
+        def coeffs(x):
+            b = g(zeros, x)
+            return [g1 - b0 for g1, b0 in zip(g(ones, x), b)], b
+
+        a, b = jax.vmap(coeffs)(list(x_leaves))
+        out = []
+        for a_k, b_k, n0 in zip(a, b, disc0):
+            b_k = b_k.at[0].add(a_k[0] * n0)
+            combine = lambda e1, e2: (e2[0] * e1[0], e2[0] * e1[1] + e2[1])  # noqa: E731
+            out.append(jax.lax.associative_scan(combine, (a_k, b_k))[1])
+        return out
 
     def body(disc, x):
-        _, new = rec.step(consts, v_dummy, disc, x)
+        new = g(disc, x)
         return new, new
 
     return jax.lax.scan(body, list(disc0), list(x_leaves), length=rec.length)[1]

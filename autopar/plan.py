@@ -47,6 +47,8 @@ class Plan:
     backend: str
     options: dict = dataclasses.field(default_factory=dict)
     forced: bool = False
+    #: How integer state leaves are solved: "affine-scan" (exact associative scan) or "sequential".
+    discrete: str = "sequential"
 
 
 def parallel_blockers(facts: Any, rec: Any) -> list[str]:
@@ -123,7 +125,8 @@ def make_plan(rec: Any, facts: Any, solver: str = "auto", backend: str | None = 
     backward = options.get("backward", "auto")
     if backward == "auto":
         backward = _choose_backward(rec, facts, K, blockers)
-    return Plan(chosen, backward, facts["structure"], rows, reason, backend, options, forced)
+    discrete = "affine-scan" if facts.get("discrete_affine") else "sequential"
+    return Plan(chosen, backward, facts["structure"], rows, reason, backend, options, forced, discrete)
 
 
 def _choose_backward(rec, facts, K, blockers) -> str:

@@ -12,12 +12,13 @@ from .base import register as register
 from .base import registered_passes as registered_passes
 from .base import unregister as unregister
 from .cost import CostPass as CostPass
+from .discrete import DiscretePass as DiscretePass
 from .linearity import LinearityPass as LinearityPass
 from .sparsity import SparsityPass as SparsityPass
 from .structure import HolomorphyPass as HolomorphyPass
 from .structure import StructurePass as StructurePass
 
-for _p in (SparsityPass, LinearityPass, HolomorphyPass, StructurePass, CostPass):
+for _p in (SparsityPass, LinearityPass, HolomorphyPass, StructurePass, CostPass, DiscretePass):
     register(_p)
 del _p
 

@@ -227,3 +227,33 @@ def test_nan_inputs_behave_like_scan():
     got = autopar.parallelize(cell, solver="linear")(jnp.zeros(2), xs)
     want = scan_states(cell, jnp.zeros(2), xs)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+
+
+@pytest.mark.parametrize(
+    "update, affine",
+    [
+        (lambda n, x: n + 1, True),
+        (lambda n, x: 3 * n + x, True),
+        (lambda n, x: n * x - 2, True),  # a_t = x_t
+        (lambda n, x: n // 2 + x, False),  # integer division is not affine
+        (lambda n, x: n * n + 1, False),
+        (lambda n, x: jnp.where(n > 4, 0, n + 1), False),
+    ],
+)
+def test_integer_counters_exact(update, affine):
+    """Integer leaves: an elementwise-affine update is solved by an exact integer scan, bit for bit
+    (including wraparound); anything else by a sequential scan of its own."""
+    def cell(s, x):
+        h, n = s
+        return 0.5 * h + n.astype(h.dtype)[0], update(n, x).astype(n.dtype)
+
+    s0 = (jnp.zeros(2, jnp.float32), jnp.array([1, 2**30], jnp.int32))
+    xs = jnp.arange(1, 40, dtype=jnp.int32)[:, None] * jnp.array([1, 7], jnp.int32)
+    fn = autopar.parallelize(cell, solver="linear")
+    rep = fn.explain(s0, xs)
+    assert rep.facts["discrete_affine"] is affine
+    assert rep.plan.discrete == ("affine-scan" if affine else "sequential")
+    got = fn(s0, xs)
+    want = scan_states(cell, s0, xs)
+    np.testing.assert_array_equal(got[1], want[1])  # exact, wraparound included
+    assert_trees_close(got, want, rtol=1e-5)

@@ -27,6 +27,16 @@ __all__ = ["parallelize", "Parallelized", "scan", "explain"]
 _KNOWN_OPTIONS = {"backward", "memory_budget", "init", "damping", "picard_warmup", "check", "chunk_size", "fallback"}
 
 
+FORWARD_MODE_MESSAGE = (
+    "autopar differentiates in reverse mode only: gradients come from an implicit adjoint "
+    "(a jax.custom_vjp around the solver), and JAX cannot push forward-mode tangents (jax.jvp, "
+    "jax.jacfwd, jax.hessian) through a custom_vjp. Use jax.grad / jax.vjp / jax.jacrev "
+    "(second derivatives: jax.jacrev(jax.jacrev(f))), or, for forward mode, build the recurrence "
+    "with solver='sequential' (or 'linear' for an affine cell) and backward='autodiff', which lets JAX "
+    "differentiate the solver itself at lax.scan's memory cost."
+)
+
+
 def _check_solver(solver: Any) -> None:
     if not isinstance(solver, str):
         raise TypeError(f"`solver` must be a string such as 'auto' or 'linear'; got {type(solver).__name__}: {solver!r}.")
@@ -58,7 +68,8 @@ class Parallelized:
         self.solver = solver
         self.options = dict(options, tol=tol, max_iters=max_iters)
         self._analysis: dict = {}
-        self._jitted = jax.jit(self._run, static_argnames=("length", "reverse", "return_info"))
+        self._programs: dict = {}
+        self._jitted = jax.jit(self._run, static_argnames=("key", "length", "reverse", "return_info"))
         functools.update_wrapper(self, cell, updated=())
 
     # ---- stages ------------------------------------------------------------------
@@ -72,12 +83,15 @@ class Parallelized:
         facts, p = self._analysis[key]
         return rec, facts, p
 
-    def _run(self, h0, xs, length=None, reverse=False, return_info=False):
+    def _run(self, consts, h0, xs, key, length=None, reverse=False, return_info=False):
+        # ``consts`` (the cell's closed-over arrays, traced afresh by the caller) are explicit
+        # arguments: the jitted program never captures them, so a later call with new closed-over
+        # values (or tracers of an outer jax.grad/vmap) cannot reuse stale ones.
         if reverse:
             xs = jax.tree_util.tree_map(lambda a: jnp.flip(a, 0), xs)
-        rec, facts, p = self._prepare(h0, xs, length)
+        rec, facts, p = self._programs[key]
         program = emit.build(rec, p, with_residual=return_info)
-        leaves, info = program(rec.consts, jax.tree_util.tree_leaves(h0), jax.tree_util.tree_leaves(xs))
+        leaves, info = program(consts, jax.tree_util.tree_leaves(h0), jax.tree_util.tree_leaves(xs))
         if reverse:
             leaves = [jnp.flip(l, 0) for l in leaves]
         hs = jax.tree_util.tree_unflatten(rec.layout.treedef, leaves)
@@ -89,7 +103,18 @@ class Parallelized:
         validate_leaves(h0, "h0")
         validate_leaves(xs, "xs")
         trace.xs_length(xs, length)
-        return self._jitted(h0, xs, length=length, reverse=bool(reverse), return_info=bool(return_info))
+        # Trace the cell here, outside the jit, so its closed-over values are read on every call
+        # (as lax.scan does) and enter the program as differentiable arguments.
+        rec, facts, p = self._prepare(h0, xs, length)
+        key = (rec.signature(), rec.length)
+        self._programs[key] = (_without_consts(rec), facts, p)
+        try:
+            return self._jitted(rec.consts, h0, xs, key=key, length=length, reverse=bool(reverse),
+                                return_info=bool(return_info))
+        except TypeError as e:
+            if "forward-mode autodiff" in str(e) and "custom_vjp" in str(e):
+                raise AutoparError(FORWARD_MODE_MESSAGE) from e
+            raise
 
     def explain(self, h0: Any, xs: Any = None, *, length: int | None = None) -> Report:
         """What autopar proves about this cell at this signature, and what it would run."""
@@ -112,6 +137,20 @@ def parallelize(cell: Callable | None = None, *, solver: str = "auto", tol: floa
     if cell is None:
         return functools.partial(parallelize, solver=solver, tol=tol, max_iters=max_iters, **options)
     return Parallelized(cell, solver=solver, tol=tol, max_iters=max_iters, **options)
+
+
+def _without_consts(rec):
+    """``rec`` with its const values dropped (they are passed to the program explicitly), so the
+    program cache holds no arrays or tracers of a finished call."""
+    import dataclasses
+
+    from . import _compat
+
+    def strip(closed):
+        placeholders = [jax.ShapeDtypeStruct(jnp.shape(c), jnp.result_type(c)) for c in closed.consts]
+        return _compat.ClosedJaxpr(closed.jaxpr, placeholders)
+
+    return dataclasses.replace(rec, step_jaxpr=strip(rec.step_jaxpr), cell_jaxpr=strip(rec.cell_jaxpr))
 
 
 def _state_cell(f):

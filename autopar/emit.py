@@ -16,7 +16,14 @@ come from one VJP of the vmapped step at (v_{t-1}, x_t) with λ_t. The
 recurrence is solved either by a structure-aware reverse associative scan
 (``backward="linear"``, using the transposed compact factors) or by a reverse
 ``lax.scan`` of per-step VJPs (``backward="sequential"``); the plan picks.
-The solver's iterations are never differentiated and no iterate is stored.
+The solver's iterations are never differentiated and no iterate is stored:
+the residuals are the inputs and the trajectory (T·D numbers).
+
+Every solver, ``sequential`` included, runs inside this rule (so a CPU's
+sequential forward still gets the planner's choice of backward). Only
+``backward="autodiff"`` (exact solvers only, and recurrences whose integer state
+reads the float state) skips it and lets JAX differentiate the forward solver,
+which supports forward mode at lax.scan's memory cost.
 """
 
 from __future__ import annotations
@@ -114,8 +121,13 @@ def make_differentiable_solve(rec, plan: Plan):
     def solve(consts, v0, xt):
         return forward(consts, v0, xt)
 
+    # An exact solver (lax.scan, one linear scan) may be differentiated directly when an outer
+    # transformation differentiates this rule (jax.hessian = jacfwd∘jacrev); an iterative
+    # solver re-enters ``solve`` so that every order of reverse mode is implicit too.
+    exact = plan.solver in ("sequential", "linear")
+
     def solve_fwd(consts, v0, xt):
-        out = forward(consts, v0, xt)
+        out = forward(consts, v0, xt) if exact else solve(consts, v0, xt)
         return out, (consts, v0, xt, out[0])
 
     def solve_bwd(res, cts):
@@ -123,6 +135,9 @@ def make_differentiable_solve(rec, plan: Plan):
         g = cts[0]
         if isinstance(g, jax.custom_derivatives.SymbolicZero) or g is None:  # pragma: no cover
             g = jnp.zeros_like(vs)
+        if vs.shape[0] == 0:  # T = 0: nothing depends on the inputs
+            return (jax.tree_util.tree_map(_zeros_cotangent, consts), jnp.zeros_like(v0),
+                    jax.tree_util.tree_map(_zeros_cotangent, xt))
         prev = _shift(v0, vs)
         if plan.backward == "linear":
             d_consts, d_v0, d_xt = _adjoint_linear(step, structure, consts, v0, xt, prev, g)
@@ -202,14 +217,23 @@ def build(rec, plan: Plan, *, with_residual: bool = False) -> Callable:
 
     def run(consts, h0_leaves, x_leaves):
         v0, disc0 = layout.ravel(h0_leaves)
-        if plan.solver == "sequential":
+        if plan.backward == "autodiff":
+            # No implicit adjoint: JAX differentiates the (exact) forward solver itself.
             def body(carry, x):
                 v, disc = carry
                 v, disc = rec.step(consts, v, disc, x)
                 return (v, disc), (v, disc)
 
-            _, (vs, discs) = jax.lax.scan(body, (v0, list(disc0)), list(x_leaves), length=T)
-            stats = (jnp.asarray(0, jnp.int32), jnp.asarray(T, jnp.int32), jnp.asarray(True), None)
+            if plan.solver == "sequential":
+                _, (vs, discs) = jax.lax.scan(body, (v0, list(disc0)), list(x_leaves), length=T)
+            else:
+                discs = _discrete_trajectory(rec, plan, consts, v0, disc0, x_leaves)
+                disc_prev = [jnp.concatenate([d0[None], d[:-1]], 0) for d0, d in zip(disc0, discs)]
+                f = lambda v, xt: rec.step(consts, v, *xt)[0]  # noqa: E731
+                problem = Problem(f, v0, (disc_prev, list(x_leaves)), plan.structure, T, plan.options)
+                vs, _ = get_solver(plan.solver).solve(problem)
+            stats = (jnp.asarray(0, jnp.int32), jnp.asarray(1 if plan.solver == "linear" else T, jnp.int32),
+                     jnp.asarray(True), None)
         else:
             discs = _discrete_trajectory(rec, plan, consts, v0, disc0, x_leaves)
             disc_prev = [jnp.concatenate([d0[None], d[:-1]], 0) for d0, d in zip(disc0, discs)]

@@ -40,7 +40,8 @@ class Plan:
     """What the emitter builds: forward solver, backward (adjoint) mode, structure, options."""
 
     solver: str
-    backward: str  # "linear" (structure-aware reverse scan) or "sequential" (reverse lax.scan)
+    backward: str  # "linear" (structure-aware reverse scan), "sequential" (reverse lax.scan of VJPs) or
+    # "autodiff" (no implicit adjoint: JAX differentiates the exact forward solver)
     structure: Any
     candidates: tuple[Candidate, ...]
     reason: str
@@ -122,11 +123,41 @@ def make_plan(rec: Any, facts: Any, solver: str = "auto", backend: str | None = 
             reason = f"{best.solver} is the only solver that applies"
     rows = tuple(dataclasses.replace(r, chosen=(r.solver == chosen)) for r in rows)
 
-    backward = options.get("backward", "auto")
-    if backward == "auto":
-        backward = _choose_backward(rec, facts, K, blockers)
+    backward = _backward_mode(options.get("backward", "auto"), chosen, rec, facts, K, blockers)
     discrete = "affine-scan" if facts.get("discrete_affine") else "sequential"
     return Plan(chosen, backward, facts["structure"], rows, reason, backend, options, forced, discrete)
+
+
+BACKWARD_MODES = ("auto", "linear", "sequential", "autodiff")
+_EXACT_SOLVERS = ("sequential", "linear")
+
+
+def _backward_mode(backward, solver, rec, facts, K, blockers) -> str:
+    """Validate the user's ``backward=`` option and resolve ``"auto"``.
+
+    ``linear``/``sequential`` name how the implicit adjoint is solved; ``autodiff`` turns the
+    implicit adjoint off and lets JAX differentiate the forward solver itself (exact solvers only:
+    it supports forward mode and ``jax.hessian``, at lax.scan's memory cost).
+    """
+    if backward not in BACKWARD_MODES:
+        raise ValueError(f"`backward` must be one of {BACKWARD_MODES}; got {backward!r}.")
+    if backward == "autodiff" and solver not in _EXACT_SOLVERS:
+        raise ValueError(
+            f"backward='autodiff' differentiates through the forward solver, which is only exact for "
+            f"{_EXACT_SOLVERS}; the planned solver is {solver!r}. Pass solver='sequential' (or 'linear' for an "
+            "affine cell) with backward='autodiff', or keep backward='auto' for the implicit adjoint."
+        )
+    if rec.discrete_depends_on_float or rec.size == 0:
+        # The adjoint needs the float recurrence on its own; JAX differentiates lax.scan directly.
+        return "autodiff" if solver == "sequential" else backward
+    if backward == "linear" and blockers:
+        raise ValueError(
+            "backward='linear' needs the adjoint recurrence in a parallel form, but "
+            + "; ".join(blockers) + ". Use backward='sequential' (or 'auto')."
+        )
+    if backward == "auto":
+        return _choose_backward(rec, facts, K, blockers)
+    return backward
 
 
 def _choose_backward(rec, facts, K, blockers) -> str:

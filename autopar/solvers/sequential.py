@@ -8,13 +8,13 @@ import jax
 from .base import Problem, Solver, converged_stats, register_solver
 
 
-def sequential_trajectory(f, v0, xt):
-    """v_1..v_T of v_t = f(v_{t-1}, xt_t) by lax.scan."""
+def sequential_trajectory(f, v0, xt, length=None):
+    """v_1..v_T of v_t = f(v_{t-1}, xt_t) by lax.scan (``length`` needed when ``xt`` has no leaves)."""
     def body(v, x):
         v = f(v, x)
         return v, v
 
-    return jax.lax.scan(body, v0, xt)[1]
+    return jax.lax.scan(body, v0, xt, length=length)[1]
 
 
 @register_solver
@@ -26,4 +26,4 @@ class Sequential(Solver):
         return True, "always exact"
 
     def solve(self, problem: Problem):
-        return sequential_trajectory(problem.f, problem.v0, problem.xt), converged_stats(problem.length)
+        return sequential_trajectory(problem.f, problem.v0, problem.xt, problem.length), converged_stats(problem.length)

@@ -31,7 +31,7 @@ from autopar import _compat
 from .base import Pass
 from .constfold import fold
 from .indexing import dynamic_slice_starts, gather_positions, scatter_positions
-from .interpret import CONTROL_FLOW, Domain, control_flow, propagate
+from .interpret import CONTROL_FLOW, Domain, control_flow, propagate, propagate_known
 from .sparsity import ELEMENTWISE
 
 __all__ = ["Const", "Lin", "TOP", "CoefficientDomain", "CoefficientPass", "coefficient_kind"]
@@ -140,7 +140,8 @@ class CoefficientDomain(Domain):
             return control_flow(self, eqn, ins)
         sub = _compat.call_subjaxpr(eqn)
         if sub is not None and len(sub.jaxpr.invars) == len(ins):
-            return propagate(sub, ins, self, known=known)
+            outs, self.known_out = propagate_known(sub, ins, self, known=known)
+            return outs
         if any(v is TOP for v in ins):
             return [TOP for _ in eqn.outvars]
         rule = _RULES.get(name)

@@ -56,6 +56,7 @@ class Domain:
         self.rules: dict[str, Callable[..., list[Any]]] = {}
         self.unknown: set[str] = set()
         self.known_in: list[Any] = []
+        self.known_out: list[Any] | None = None
         self.folded_consts: list[int] = []
 
     # ---- lattice -------------------------------------------------------------------
@@ -105,7 +106,9 @@ class Domain:
             return control_flow(self, eqn, ins)
         sub = _compat.call_subjaxpr(eqn)
         if sub is not None and len(sub.jaxpr.invars) == len(ins):
-            return propagate(sub, ins, self, known=list(self.known_in))
+            outs, kouts = propagate_known(sub, ins, self, known=list(self.known_in))
+            self.known_out = kouts
+            return outs
         self.unknown.add(name)
         return self.default(eqn, ins)
 
@@ -175,11 +178,29 @@ def _literal_value(atom: Any) -> Any:
         return None
 
 
+class _KnownOnly(Domain):
+    """A trivial domain: used to fold calls whose operands are all known."""
+
+    def const(self, aval):
+        return None
+
+    def is_const(self, value):
+        return True
+
+    def default(self, eqn, ins):
+        return [None for _ in eqn.outvars]
+
+
 def propagate(jaxpr: Any, inputs: Sequence[Any], domain: Domain, known: Sequence[Any] | None = None) -> list[Any]:
     """Abstract values of ``jaxpr``'s outputs given abstract ``inputs`` (one per invar).
 
     ``known``: optional concrete numpy values of the inputs (None where unknown).
     """
+    return propagate_known(jaxpr, inputs, domain, known)[0]
+
+
+def propagate_known(jaxpr: Any, inputs: Sequence[Any], domain: Domain, known: Sequence[Any] | None = None):
+    """Like ``propagate``, also returning the known (folded) values of the outputs."""
     closed = jaxpr if isinstance(jaxpr, _compat.ClosedJaxpr) else _compat.ClosedJaxpr(jaxpr, ())
     jp = closed.jaxpr
     env: dict[Any, Any] = {}
@@ -213,16 +234,23 @@ def propagate(jaxpr: Any, inputs: Sequence[Any], domain: Domain, known: Sequence
     for eqn in jp.eqns:
         kin = [kread(a) for a in eqn.invars]
         domain.known_in = kin
+        domain.known_out = None
         outs = domain.apply(eqn, [read(a) for a in eqn.invars])
+        kout, domain.known_out = domain.known_out, None
         if len(outs) != len(eqn.outvars):
             raise ValueError(f"rule for {eqn.primitive.name!r} returned {len(outs)} values for {len(eqn.outvars)} outputs")
         for var, val in zip(eqn.outvars, outs):
             if not isinstance(var, _compat.DropVar):
                 env[var] = val
-        if all(k is not None for k in kin) and eqn.primitive.name not in CONTROL_FLOW:
-            vals = fold(eqn, kin)
-            if vals is not None:
-                for var, val in zip(eqn.outvars, vals):
-                    if not isinstance(var, _compat.DropVar):
-                        kenv[var] = val
-    return [read(v) for v in jp.outvars]
+        if kout is None and all(k is not None for k in kin) and eqn.primitive.name not in CONTROL_FLOW:
+            sub = _compat.call_subjaxpr(eqn)
+            if sub is not None:
+                if len(sub.jaxpr.invars) == len(kin):
+                    kout = propagate_known(sub, [None] * len(kin), _KnownOnly(), known=kin)[1]
+            else:
+                kout = fold(eqn, kin)
+        if kout is not None:
+            for var, val in zip(eqn.outvars, kout):
+                if val is not None and not isinstance(var, _compat.DropVar):
+                    kenv[var] = val
+    return [read(v) for v in jp.outvars], [kread(v) for v in jp.outvars]

@@ -58,7 +58,7 @@ def dce(jaxpr: ClosedJaxpr, used_outputs: Sequence[bool]) -> tuple[ClosedJaxpr, 
     still read. Dependence is syntactic, hence sound: an unused invar can never
     influence the kept outputs.
     """
-    new, used_inputs = _pe.dce_jaxpr(jaxpr.jaxpr, list(used_outputs), instantiate=True)
+    new, used_inputs = _pe.dce_jaxpr(jaxpr.jaxpr, list(used_outputs), instantiate=False)
     # dce_jaxpr drops unused invars; rebuild with all invars so callers keep arity.
     full = Jaxpr(jaxpr.jaxpr.constvars, jaxpr.jaxpr.invars, new.outvars, new.eqns, new.effects)
     return ClosedJaxpr(full, jaxpr.consts), list(used_inputs)

@@ -151,8 +151,9 @@ class CoefficientDomain(Domain):
         return out if isinstance(out, list) else [out]
 
     def _upgrade(self, v, k):
-        if isinstance(v, Const) and k is not None:
-            k = np.asarray(k)
+        if k is not None and isinstance(v, Const):
+            if k.size == 1:
+                return Const(("val", k.dtype.str, k.reshape(-1)[0].item()))
             if k.size and np.all(k == k.reshape(-1)[0]):
                 return Const(("val", k.dtype.str, k.reshape(-1)[0].item()))
         return v

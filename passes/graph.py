@@ -39,14 +39,15 @@ def components(pattern: np.ndarray) -> list[list[int]]:
     sp = _scipy_csgraph()
     if sp is not None and D > 64:
         csr, cc = sp
-        n, labels = cc(csr(P | P.T), directed=False)
+        rows, cols = np.nonzero(P)
+        g = csr((np.ones(len(rows), np.int8), (rows, cols)), shape=(D, D))
+        n, labels = cc(g, directed=True, connection="weak")
     else:
         labels = _components_numpy(P | P.T)
     order = np.argsort(labels, kind="stable")
-    comps: dict[int, list[int]] = {}
-    for i in order.tolist():
-        comps.setdefault(int(labels[i]), []).append(i)
-    return sorted(comps.values(), key=lambda c: c[0])
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    comps = [c.tolist() for c in np.split(order, bounds)] if D else []
+    return sorted(comps, key=lambda c: c[0])
 
 
 def _components_numpy(S: np.ndarray) -> np.ndarray:
@@ -107,27 +108,41 @@ def triangular_blocks(pattern: np.ndarray) -> list[list[int]] | None:
 
 
 def greedy_colouring(pattern: np.ndarray) -> np.ndarray:
-    """Colour per column j such that columns sharing a row get different colours."""
+    """Colour per column j such that columns sharing a row get different colours.
+
+    The largest number of entries in a row is a lower bound on the colours. Shortcuts that
+    reach it are taken first (no row with two entries: one colour; a dense pattern: D; dense
+    blocks: the position within the block), then networkx's greedy colouring (largest
+    first) of the column-intersection graph, or a numpy greedy for large graphs.
+    """
     import networkx as nx
 
     P = np.asarray(pattern, bool)
     D = P.shape[0]
     if D == 0:
         return np.zeros(0, np.int64)
-    if P.all():
-        return np.arange(D)
     row_nnz = P.sum(axis=1).astype(np.int64)
+    lower = int(row_nnz.max())
+    if lower <= 1:
+        return np.zeros(D, np.int64)
+    if lower == D:
+        return np.arange(D)
+    comps = components(P)
+    if max(len(c) for c in comps) == lower:
+        col = np.zeros(D, np.int64)
+        for c in comps:
+            col[c] = np.arange(len(c))
+        return col
     n_edges = int((row_nnz * (row_nnz - 1) // 2).sum())
-    if n_edges <= MAX_NX_EDGES:
+    if n_edges <= MAX_NX_EDGES and D <= 4096:
         g = nx.Graph()
         g.add_nodes_from(range(D))
         rows, cols = np.nonzero(P)  # row-major: grouped by row
         start = np.concatenate([[0], np.cumsum(row_nnz)[:-1]])
         pos = np.arange(len(rows)) - start[rows]
-        k = int(row_nnz.max())
-        pad = np.full((D, k), -1, np.int64)
+        pad = np.full((D, lower), -1, np.int64)
         pad[rows, pos] = cols
-        a, b = np.triu_indices(k, 1)
+        a, b = np.triu_indices(lower, 1)
         u, v = pad[:, a].reshape(-1), pad[:, b].reshape(-1)
         ok = (u >= 0) & (v >= 0)
         g.add_edges_from(zip(u[ok].tolist(), v[ok].tolist()))

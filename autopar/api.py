@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from . import emit, plan as plan_mod, trace
 from .errors import AutoparError, validate_leaves
-from .passes import analyse
+from .passes import analyse, facts_valid_for
 from .report import Report
 from .solvers import SOLVER_NAMES, get_solver
 
@@ -76,8 +76,12 @@ class Parallelized:
     def _prepare(self, h0, xs, length=None):
         rec = trace.trace_cell(self.cell, h0, xs, length, name=getattr(self.cell, "__name__", "cell"))
         key = (rec.signature(), rec.length, jax.default_backend())
-        if key not in self._analysis:
+        if key not in self._analysis or not facts_valid_for(self._analysis[key][0], rec):
             facts = analyse(rec)
+            if self.options.get("check"):
+                from .passes.check import check_facts
+
+                check_facts(rec, facts)
             p = plan_mod.make_plan(rec, facts, self.solver, options=self.options)
             self._analysis[key] = (facts, p)
         facts, p = self._analysis[key]

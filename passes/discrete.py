@@ -17,9 +17,9 @@ import numpy as np
 
 from autopar import _compat
 
+from . import bits
 from .base import Pass
-from .interpret import propagate
-from .linearity import AFFINE, CONSTANT, NONLINEAR, DegreeDomain
+from .interpret import Domain, propagate
 from .sparsity import SparsityDomain
 
 __all__ = ["DiscretePass"]
@@ -30,18 +30,47 @@ _INT_AFFINE = frozenset(
 )
 
 
-class _IntDegree(DegreeDomain):
+class _IntDegree(Domain):
+    """Degree of integer values in the integer state: constant (0) < affine (1) < other (2).
+
+    Its own small lattice: only the whitelisted integer-linear primitives keep a value affine;
+    anything else that reads the state (division, remainders, comparisons, bit operations,
+    casts to floats or to narrower integers) makes it "other".
+    """
+
+    def const(self, aval):
+        return 0
+
+    def is_const(self, value):
+        return value == 0
+
+    def join(self, a, b):
+        return max(a, b)
+
+    def widen(self, value, aval, ins):
+        return 2
+
+    def guard(self, selector, outs):
+        return [2 if o else 0 for o in outs]
+
+    def default(self, eqn, ins):
+        return [2 for _ in eqn.outvars]
+
     def apply(self, eqn, ins):
-        if max(ins, default=CONSTANT) != CONSTANT and eqn.primitive.name not in _INT_AFFINE and not _compat.call_subjaxpr(eqn):
-            return [NONLINEAR for _ in eqn.outvars]
-        if eqn.primitive.name == "convert_element_type" and max(ins) != CONSTANT:
-            # a cast to a float or a narrower integer is not exact integer arithmetic
+        name = eqn.primitive.name
+        if max(ins, default=0) == 0 or _compat.call_subjaxpr(eqn) is not None:
+            return super().apply(eqn, ins)
+        if name not in _INT_AFFINE:
+            return [2 for _ in eqn.outvars]
+        if name == "convert_element_type":
             src, dst = np.dtype(eqn.invars[0].aval.dtype), np.dtype(eqn.params["new_dtype"])
             if dst.kind not in "iu" or dst.itemsize < src.itemsize:
-                return [NONLINEAR]
-        if eqn.primitive.name == "select_n" and ins[0] != CONSTANT:
-            return [NONLINEAR]
-        return super().apply(eqn, ins)
+                return [2]
+        if name == "select_n" and ins[0] != 0:
+            return [2]
+        if name == "mul":
+            return [2 if min(ins) > 0 else max(ins)]
+        return [max(ins) for _ in eqn.outvars]
 
 
 class DiscretePass(Pass):
@@ -60,11 +89,11 @@ class DiscretePass(Pass):
         n_in = len(jp.jaxpr.invars)
         first = rec.state_invar + 1
         # degree of each discrete output in the discrete state
-        deg_in = [CONSTANT] * n_in
+        deg_in = [0] * n_in
         for k in range(len(infos)):
-            deg_in[first + k] = AFFINE
+            deg_in[first + k] = 1
         degrees = propagate(jp, deg_in, _IntDegree())[1:]
-        if any(d > AFFINE for d in degrees):
+        if any(d > 1 for d in degrees):
             return {"discrete_affine": False}
         # elementwise: each element of leaf k depends only on the same element of leaf k
         sizes = [i.size for i in infos]
@@ -75,14 +104,14 @@ class DiscretePass(Pass):
         for k, info in enumerate(infos):
             eye = np.zeros((info.size, total), bool)
             eye[:, off : off + info.size] = np.eye(info.size, dtype=bool)
-            sp_in[first + k] = eye.reshape(tuple(info.shape) + (total,))
+            sp_in[first + k] = bits.from_bool(eye.reshape(tuple(info.shape) + (total,)), total)
             off += info.size
         outs = propagate(jp, sp_in, dom)[1:]
         off = 0
         for out, info in zip(outs, infos):
             allowed = np.zeros((info.size, total), bool)
             allowed[:, off : off + info.size] = np.eye(info.size, dtype=bool)
-            if out is not None and (out.reshape(info.size, total) & ~allowed).any():
+            if out is not None and (bits.to_bool(out, info.shape, total).reshape(info.size, total) & ~allowed).any():
                 return {"discrete_affine": False}
             off += info.size
         return {"discrete_affine": True}

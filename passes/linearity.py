@@ -1,43 +1,104 @@
 """Degree of the state update in h, by a lattice interpreter over the jaxpr.
 
-The lattice (ordered): constant < affine < piecewise-linear < nonlinear.
+The lattice (⊑), with its join written ⊔:
+
+    constant ⊑ piecewise-constant ⊑ piecewise-linear ⊑ nonlinear
+    constant ⊑ affine             ⊑ piecewise-linear
 
 * constant — does not depend on h;
-* affine — A·h + b with A, b independent of h (sums, scaling by h-independent
-  values, shape ops, contractions with one h-independent side);
-* piecewise-linear — affine on each piece of a partition (relu / max / abs /
-  where with an h-dependent condition): Newton converges in finitely many steps;
-* nonlinear — anything else.
+* piecewise-constant — a step function of h: integer / bool values computed from h
+  (comparisons, argmax, indices), floor / round / sign;
+* affine — A·h + b with A, b independent of h (sums, scaling by h-independent values,
+  shape ops, contractions with one h-independent side, gathers with h-independent indices);
+* piecewise-linear — affine on each piece of a partition: relu / max / abs / clamp / sort,
+  a where / cond / gather whose selector depends on h, a product of an affine and a
+  piecewise-constant value; Newton converges in finitely many steps;
+* nonlinear — anything else (and ``stop_gradient`` of an h-dependent value, whose JVP is
+  not its derivative, so the linear solver must not trust it).
 
-The analysis is per array value and syntactic, hence sound: an affine claim
-holds for every h and x.
+Nested jaxprs recurse, ``cond`` joins its branches (⊔ piecewise-constant when the index
+depends on h), ``scan`` / ``while`` iterate to a fixpoint. The analysis is syntactic,
+hence sound: an affine claim holds for every h and x.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from autopar.dtypes import is_inexact
 from .base import Pass
 from .interpret import Domain, propagate
-from .sparsity import ELEMENTWISE
 
-__all__ = ["CONSTANT", "AFFINE", "PIECEWISE", "NONLINEAR", "DEGREE_NAMES", "DegreeDomain", "LinearityPass"]
+__all__ = ["CONSTANT", "STEP", "AFFINE", "PIECEWISE", "NONLINEAR", "DEGREE_NAMES", "DegreeDomain", "LinearityPass",
+           "join", "degree"]
 
-CONSTANT, AFFINE, PIECEWISE, NONLINEAR = 0, 1, 2, 3
-DEGREE_NAMES = {CONSTANT: "constant", AFFINE: "affine", PIECEWISE: "piecewise-linear", NONLINEAR: "nonlinear"}
+CONSTANT, STEP, AFFINE, PIECEWISE, NONLINEAR = 0, 1, 2, 3, 4
+DEGREE_NAMES = {CONSTANT: "constant", STEP: "piecewise-constant", AFFINE: "affine", PIECEWISE: "piecewise-linear",
+                NONLINEAR: "nonlinear"}
+DEGREE_VALUES = {v: k for k, v in DEGREE_NAMES.items()}
+#: The public ``degree`` fact uses four names; a step function is reported as piecewise-linear.
+PUBLIC_NAME = {**DEGREE_NAMES, STEP: "piecewise-linear"}
 
-#: Linear in each operand (sums and shape ops): degree is the max of the operands'.
-_LINEAR = frozenset(
+
+def join(*ds: int) -> int:
+    out = CONSTANT
+    for d in ds:
+        if {out, d} == {STEP, AFFINE}:
+            out = PIECEWISE
+        else:
+            out = max(out, d)
+    return out
+
+
+def _pw(d: int) -> int:
+    """A piecewise-linear function (max, abs, selection) of a value of degree d."""
+    return PIECEWISE if d == AFFINE else d
+
+
+def _smooth(d: int) -> int:
+    """A smooth nonlinear function of a value of degree d."""
+    return d if d <= STEP else NONLINEAR
+
+
+def _bilinear(a: int, b: int) -> int:
+    if a == CONSTANT:
+        return b
+    if b == CONSTANT:
+        return a
+    if a <= STEP and b <= STEP:
+        return STEP
+    if STEP in (a, b) and max(a, b) in (AFFINE, PIECEWISE):
+        return PIECEWISE
+    return NONLINEAR
+
+
+#: Linear in each data operand (sums and shape ops).
+LINEAR = frozenset(
     """add sub neg convert_element_type copy copy_p broadcast_in_dim reshape squeeze expand_dims transpose
     slice concatenate pad rev reduce_sum cumsum real imag conj complex reduce_precision dynamic_slice
-    dynamic_update_slice gather select_and_gather_add""".split()
+    dynamic_update_slice gather scatter scatter-add scatter_add scatter-sub scatter_sub split
+    select_and_gather_add""".split()
 )
-#: Bilinear: affine when at most one operand depends on h.
-_BILINEAR = frozenset({"mul", "dot_general"})
-#: Piecewise-linear in their operands.
-_PIECEWISE = frozenset(
-    {"max", "min", "abs", "sign", "clamp", "reduce_max", "reduce_min", "cummax", "cummin", "floor", "ceil", "round",
-     "gt", "ge", "lt", "le", "eq", "ne", "argmax", "argmin", "sort", "stop_gradient"}
+#: Operands that select *where* to read or write (indices): an h-dependent one makes the result piecewise.
+INDEX_OPERANDS = {"gather": slice(1, 2), "scatter": slice(1, 2), "scatter-add": slice(1, 2), "scatter_add": slice(1, 2),
+                  "scatter-sub": slice(1, 2), "scatter_sub": slice(1, 2), "scatter-mul": slice(1, 2),
+                  "scatter_mul": slice(1, 2), "scatter-min": slice(1, 2), "scatter-max": slice(1, 2),
+                  "scatter_min": slice(1, 2), "scatter_max": slice(1, 2), "dynamic_slice": slice(1, None),
+                  "dynamic_update_slice": slice(2, None)}
+BILINEAR = frozenset({"mul", "dot_general", "scatter-mul", "scatter_mul"})
+PIECEWISE_OPS = frozenset(
+    {"max", "min", "abs", "clamp", "reduce_max", "reduce_min", "cummax", "cummin", "sort", "top_k",
+     "scatter-min", "scatter-max", "scatter_min", "scatter_max"}
+)
+STEP_OPS = frozenset({"floor", "ceil", "round", "sign", "gt", "ge", "lt", "le", "eq", "ne", "argmax", "argmin",
+                      "is_finite", "not", "and", "or", "xor", "population_count", "clz", "shift_left",
+                      "shift_right_arithmetic", "shift_right_logical", "iota"})
+SMOOTH = frozenset(
+    """exp exp2 expm1 log log1p tanh logistic sin cos tan asin acos atan asinh acosh atanh sinh cosh sqrt rsqrt
+    cbrt erf erfc erf_inv lgamma digamma igamma igammac square pow atan2 cumprod cumlogsumexp reduce_prod
+    polygamma zeta bessel_i0e bessel_i1e nextafter""".split()
 )
 
 
@@ -46,7 +107,9 @@ class DegreeDomain(Domain):
 
     def __init__(self) -> None:
         super().__init__()
-        self.rules = {}
+        from .rules import user_rules
+
+        self.rules = user_rules("degree", self)
 
     def const(self, aval):
         return CONSTANT
@@ -54,52 +117,96 @@ class DegreeDomain(Domain):
     def is_const(self, value):
         return value == CONSTANT
 
+    def join(self, a, b):
+        return join(a, b)
+
+    def widen(self, value, aval, ins):
+        return NONLINEAR
+
+    def guard(self, selector, outs):
+        return [join(o, STEP) for o in outs]
+
     def default(self, eqn, ins):
         return [NONLINEAR for _ in eqn.outvars]
 
     def apply(self, eqn, ins):
-        name = eqn.primitive.name
-        m = max(ins) if ins else CONSTANT
-        if m == CONSTANT and name not in self.rules:
-            from autopar import _compat
+        outs = self._apply(eqn, ins)
+        # Integer / bool values are step functions of h.
+        return [min(o, STEP) if not _inexact(v.aval) and o != CONSTANT else o for o, v in zip(outs, eqn.outvars)]
 
-            if not _compat.call_subjaxpr(eqn):
-                return [CONSTANT for _ in eqn.outvars]
-        if name in self.rules:
-            return self.rules[name](self, eqn, ins)
-        if name in _LINEAR:
-            return [m for _ in eqn.outvars]
-        if name in _BILINEAR:
-            nonconst = [d for d in ins if d != CONSTANT]
-            return [m if len(nonconst) <= 1 else NONLINEAR for _ in eqn.outvars]
+    def _apply(self, eqn, ins):
+        name = eqn.primitive.name
+        n = len(eqn.outvars)
+        if all(d == CONSTANT for d in ins) or name in self.rules:
+            return super().apply(eqn, ins)
+        if name in INDEX_OPERANDS:
+            sl = INDEX_OPERANDS[name]
+            idx = ins[sl]
+            data = [d for i, d in enumerate(ins) if i not in range(*sl.indices(len(ins)))]
+            if name in BILINEAR:
+                d = _bilinear(*data[:2]) if len(data) >= 2 else join(*data)
+            elif name in PIECEWISE_OPS:
+                d = _pw(join(*data))
+            else:
+                d = join(*data)
+            if any(i != CONSTANT for i in idx):
+                d = join(d, STEP)
+            return [d] * n
+        if name in LINEAR:
+            return [join(*ins)] * n
+        if name in BILINEAR:
+            return [_bilinear(ins[0], ins[1])]
         if name == "div":
-            return [ins[0] if ins[1] == CONSTANT else NONLINEAR]
+            a, b = ins
+            if b == CONSTANT:
+                return [a]
+            if a <= STEP and b <= STEP:
+                return [STEP]
+            return [PIECEWISE if b == STEP and a in (AFFINE, PIECEWISE) else NONLINEAR]
         if name == "integer_pow":
             y = eqn.params["y"]
-            return [m if y == 1 else NONLINEAR]
+            return [CONSTANT if y == 0 else ins[0] if y == 1 else _smooth(ins[0])]
         if name == "select_n":
             pred, cases = ins[0], ins[1:]
-            cm = max(cases)
-            return [max(cm, PIECEWISE) if pred != CONSTANT else cm]
-        if name in _PIECEWISE:
-            return [max(m, PIECEWISE) if m <= PIECEWISE else NONLINEAR for _ in eqn.outvars]
+            d = join(*cases)
+            return [join(d, STEP) if pred != CONSTANT else d]
+        if name == "rem":
+            return [_pw(ins[0]) if ins[1] == CONSTANT else _smooth(join(*ins))]
+        if name in PIECEWISE_OPS:
+            d = _pw(join(*ins))
+            return [d] + [min(d, STEP)] * (n - 1)
+        if name in STEP_OPS:
+            return [STEP if join(*ins) != CONSTANT else CONSTANT] * n
+        if name == "stop_gradient":
+            return [NONLINEAR]
+        if name in SMOOTH:
+            return [_smooth(join(*ins))] * n
         return super().apply(eqn, ins)
 
 
-def degree(rec: Any) -> int:
+def _inexact(aval) -> bool:
+    dt = getattr(aval, "dtype", None)
+    return is_inexact(dt)
+
+
+def degree(rec: Any) -> tuple[int, set[str]]:
+    """Degree (an int of this module's lattice) of ``v_new`` in ``v``, and primitives without a rule."""
     jp = rec.step_jaxpr
     ins = [CONSTANT] * len(jp.jaxpr.invars)
     ins[rec.state_invar] = AFFINE
-    outs = propagate(jp, ins, DegreeDomain())
-    return int(outs[0])
+    dom = DegreeDomain()
+    outs = propagate(jp, ins, dom)
+    return int(outs[0]), set(dom.unknown)
 
 
 class LinearityPass(Pass):
-    """Provides ``degree`` (a name from DEGREE_NAMES) and ``linear`` (affine in h)."""
+    """Provides ``degree`` ("constant" | "affine" | "piecewise-linear" | "nonlinear"), ``linear``
+    (affine in h: the linear solver is exact) and ``degree_detail`` (the lattice element,
+    which also distinguishes "piecewise-constant")."""
 
     name = "linearity"
-    provides = ("degree", "linear")
+    provides = ("degree", "linear", "degree_detail")
 
     def run(self, rec, facts):
-        d = degree(rec)
-        return {"degree": DEGREE_NAMES[d], "linear": d <= AFFINE}
+        d, _ = degree(rec)
+        return {"degree": PUBLIC_NAME[d], "linear": d in (CONSTANT, AFFINE), "degree_detail": DEGREE_NAMES[d]}

@@ -1,12 +1,23 @@
 """Element-level dependency analysis (sparsity of J = ∂f/∂h) by abstract interpretation.
 
-Each intermediate value of shape S carries a boolean array of shape S + (D,):
-entry [..., j] is True when that element *may* depend on state element j
-(``None`` stands for "depends on no state element"). The analysis is global:
-it follows the dataflow of the jaxpr, never the values of h or x, so the
-pattern it reports holds at every point — it is a superset of the nonzeros of
-J wherever J is evaluated. Primitives without a rule are treated as dense on
-their operands and reported.
+Each intermediate value of shape S carries a packed bitset of shape S + (W,) (see
+``bits``): bit j of element e is set when ∂e/∂h_j *may* be nonzero (``None`` stands for
+"depends on no state element"). The analysis follows the dataflow of the jaxpr, never
+the values of h or x, so the pattern holds at every point: it is a superset of the
+nonzeros of J wherever J is evaluated (with JAX's derivative conventions).
+
+Precision where it matters:
+
+* integer / bool values carry no derivative (comparisons, argmax, indices), so the
+  predicate of ``select_n``, a cond index or gather indices add nothing; ``floor``,
+  ``ceil``, ``round``, ``sign`` and ``stop_gradient`` have zero derivative;
+* gather / scatter / dynamic_slice / dynamic_update_slice / select_n / mul /
+  dot_general are exact when their index, mask or matrix operand is a *known*
+  constant (folded from literals, iota and integer constants: see ``constfold``), and
+  conservative (dense over the operand) otherwise;
+* nested jaxprs recurse; cond joins its branches; scan / while iterate to a fixpoint.
+
+Primitives without a rule are treated as dense on their operands and reported.
 """
 
 from __future__ import annotations
@@ -15,19 +26,26 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from autopar.dtypes import is_inexact
+from . import bits
 from .base import Pass
+from .indexing import dynamic_slice_starts, gather_positions, scatter_positions
 from .interpret import Domain, propagate
 
-__all__ = ["SparsityDomain", "SparsityPass", "dependency", "ELEMENTWISE"]
+__all__ = ["SparsityDomain", "SparsityPass", "dependency", "ELEMENTWISE", "ZERO_DERIVATIVE", "RULES"]
 
 #: Primitives that act element by element (operands broadcast from scalars).
 ELEMENTWISE = frozenset(
     """abs acos acosh add and asin asinh atan atan2 atanh cbrt ceil clamp complex conj convert_element_type
-    copy copy_p cos cosh digamma div eq erf erf_inv erfc exp exp2 expm1 floor ge gt igamma imag integer_pow
+    copy copy_p cos cosh digamma div eq erf erf_inv erfc exp exp2 expm1 floor ge gt igamma igammac imag integer_pow
     is_finite le lgamma log log1p logistic lt max min mul ne neg nextafter not or pow real reduce_precision
     rem round rsqrt select_n shift_left shift_right_arithmetic shift_right_logical sign sin sinh sqrt square
-    stop_gradient sub tan tanh xor population_count clz""".split()
+    stop_gradient sub tan tanh xor population_count clz polygamma zeta bessel_i0e bessel_i1e random_gamma_grad
+    regularized_incomplete_beta""".split()
 )
+
+#: Float-valued primitives whose derivative is zero wherever it exists.
+ZERO_DERIVATIVE = frozenset({"floor", "ceil", "round", "sign", "stop_gradient"})
 
 
 class SparsityDomain(Domain):
@@ -36,57 +54,117 @@ class SparsityDomain(Domain):
     def __init__(self, n_state: int) -> None:
         super().__init__()
         self.D = n_state
+        self.W = bits.words(n_state)
         self.rules = dict(RULES)
+        from .rules import user_rules
 
+        self.rules.update(user_rules("sparsity", self))
+
+    # ---- lattice -----------------------------------------------------------------
     def const(self, aval: Any) -> Any:
         return None
 
     def is_const(self, value: Any) -> bool:
         return value is None
 
+    def join(self, a, b):
+        return bits.union(a, b)
+
+    def equal(self, a, b):
+        if a is None or b is None:
+            return a is None and b is None
+        return a is b or bool(np.array_equal(a, b))
+
+    def widen(self, value, aval, ins):
+        return self.dense(aval.shape, ins)
+
+    def unstack(self, value, aval):
+        return None if value is None else bits.reduce_axes(value, (0,))
+
+    def stack(self, value, aval):
+        return None if value is None else bits.broadcast(value[None], aval.shape)
+
+    # ---- helpers ------------------------------------------------------------------
     def dense(self, shape: Sequence[int], ins: Sequence[Any]) -> Any:
         """Every output element depends on every state element any operand depends on."""
-        acc = np.zeros((self.D,), bool)
+        acc = None
         for v in ins:
             if v is not None:
-                acc |= v.reshape(-1, self.D).any(axis=0)
-        if not acc.any():
+                r = bits.reduce_axes(v.reshape(-1, self.W), (0,))
+                acc = r if acc is None else acc | r
+        if acc is None or not acc.any():
             return None
-        return np.broadcast_to(acc, tuple(shape) + (self.D,)).copy()
+        return bits.broadcast(acc, shape)
 
     def default(self, eqn: Any, ins: Sequence[Any]) -> list[Any]:
         return [self.dense(v.aval.shape, ins) for v in eqn.outvars]
 
     def full(self, value: Any, shape: Sequence[int]) -> np.ndarray:
         if value is None:
-            return np.zeros(tuple(shape) + (self.D,), bool)
-        return value
+            return bits.zeros(shape, self.D)
+        return bits.broadcast(value, shape)
+
+    def apply(self, eqn, ins):
+        outs = super().apply(eqn, ins)
+        # Integer / bool values carry no derivative.
+        return [None if (o is not None and not _inexact(v.aval)) else o for o, v in zip(outs, eqn.outvars)]
+
+
+def _inexact(aval) -> bool:
+    dt = getattr(aval, "dtype", None)
+    return is_inexact(dt)
+
+
+def _shape(eqn, i=0):
+    return tuple(eqn.outvars[i].aval.shape)
 
 
 # ---- rules ------------------------------------------------------------------------------
 def _elementwise(dom: SparsityDomain, eqn, ins):
-    shape = tuple(eqn.outvars[0].aval.shape)
-    acc = None
-    for v in ins:
-        if v is None:
-            continue
-        v = np.broadcast_to(v, shape + (dom.D,))
-        acc = v.copy() if acc is None else acc | v
-    return [acc if acc is None else acc.copy() for _ in eqn.outvars]
+    name = eqn.primitive.name
+    known = dom.known_in
+    if name in ZERO_DERIVATIVE:
+        return [None for _ in eqn.outvars]
+    shape = _shape(eqn)
+    if name == "select_n":
+        pred, cases = known[0], ins[1:]
+        if pred is not None:
+            sel = np.broadcast_to(np.asarray(pred).astype(np.int64), shape)
+            acc = None
+            for k, c in enumerate(cases):
+                if c is None:
+                    continue
+                m = (sel == k)[..., None]
+                part = np.where(m, bits.broadcast(c, shape), np.uint64(0))
+                acc = part if acc is None else acc | part
+            return [acc]
+        return [bits.union(*cases)]
+    if name in ("mul", "and") and len(ins) == 2:
+        out = bits.union(*ins)
+        if out is None:
+            return [None]
+        for v, k in zip(ins, known):
+            if k is not None and v is None:
+                nz = np.broadcast_to(np.asarray(k) != 0, shape)[..., None]
+                out = np.where(nz, bits.broadcast(out, shape), np.uint64(0))
+        return [out]
+    out = bits.union(*ins)
+    if out is not None and out.shape[:-1] != shape:
+        out = bits.broadcast(out, shape)
+    return [out for _ in eqn.outvars]
 
 
 def _broadcast_in_dim(dom, eqn, ins):
     x = ins[0]
     shape = tuple(eqn.params["shape"])
-    bdims = tuple(eqn.params["broadcast_dimensions"])
     expanded = [1] * len(shape)
-    for i, d in enumerate(bdims):
+    for i, d in enumerate(eqn.params["broadcast_dimensions"]):
         expanded[d] = x.shape[i]
-    return [np.broadcast_to(x.reshape(tuple(expanded) + (dom.D,)), shape + (dom.D,)).copy()]
+    return [bits.broadcast(x.reshape(tuple(expanded) + (dom.W,)), shape)]
 
 
 def _reshape_like_out(dom, eqn, ins):
-    return [ins[0].reshape(tuple(eqn.outvars[0].aval.shape) + (dom.D,))]
+    return [ins[0].reshape(_shape(eqn) + (dom.W,))]
 
 
 def _transpose(dom, eqn, ins):
@@ -98,7 +176,7 @@ def _slice(dom, eqn, ins):
     start, limit = eqn.params["start_indices"], eqn.params["limit_indices"]
     strides = eqn.params.get("strides") or (1,) * len(start)
     idx = tuple(slice(s, l, st) for s, l, st in zip(start, limit, strides))
-    return [ins[0][idx].copy()]
+    return [ins[0][idx]]
 
 
 def _concatenate(dom, eqn, ins):
@@ -109,65 +187,191 @@ def _concatenate(dom, eqn, ins):
 
 def _pad(dom, eqn, ins):
     x, padval = ins
+    cfg = eqn.params["padding_config"]
+    if any(lo < 0 or hi < 0 for lo, hi, _ in cfg):
+        return dom.default(eqn, ins)  # negative padding crops: conservative
     operand_shape = eqn.invars[0].aval.shape
-    out_shape = tuple(eqn.outvars[0].aval.shape)
-    x = dom.full(x, operand_shape)
-    out = np.zeros(out_shape + (dom.D,), bool)
-    idx = []
-    for (lo, hi, interior), n in zip(eqn.params["padding_config"], operand_shape):
-        start = lo
-        stop = lo + (n - 1) * (interior + 1) + 1 if n else lo
-        idx.append(slice(start, stop, interior + 1))
-    # negative low padding crops: fall back to the conservative rule
-    if any(lo < 0 or hi < 0 for lo, hi, _ in eqn.params["padding_config"]):
-        return dom.default(eqn, ins)
-    out[tuple(idx)] = x
+    out = np.zeros(_shape(eqn) + (dom.W,), np.uint64)
+    idx = tuple(slice(lo, lo + (n - 1) * (it + 1) + 1 if n else lo, it + 1) for (lo, hi, it), n in zip(cfg, operand_shape))
+    if x is not None:
+        out[idx] = x
     if padval is not None:
-        out |= np.broadcast_to(padval, out.shape)
+        mask = np.ones(_shape(eqn), bool)
+        mask[idx] = False
+        out = np.where(mask[..., None], out | padval, out)
     return [out]
 
 
 def _rev(dom, eqn, ins):
-    return [np.flip(ins[0], axis=tuple(eqn.params["dimensions"])).copy()]
+    return [np.flip(ins[0], axis=tuple(eqn.params["dimensions"]))]
 
 
 def _reduce(dom, eqn, ins):
-    axes = tuple(eqn.params["axes"])
-    return [ins[0].any(axis=axes)]
+    return [bits.reduce_axes(ins[0], eqn.params["axes"])]
 
 
 def _cumulative(dom, eqn, ins):
     axis, reverse = eqn.params["axis"], eqn.params.get("reverse", False)
-    x = ins[0]
+    x = np.asarray(ins[0])
     if reverse:
         x = np.flip(x, axis=axis)
-    out = np.logical_or.accumulate(x, axis=axis)
+    out = np.bitwise_or.accumulate(x, axis=axis)
     if reverse:
         out = np.flip(out, axis=axis)
-    return [out.copy()]
+    return [out]
+
+
+def _split(dom, eqn, ins):
+    axis = eqn.params["axis"]
+    cuts = np.cumsum(eqn.params["sizes"])[:-1]
+    return list(np.split(ins[0], cuts, axis=axis))
+
+
+def _sort(dom, eqn, ins):
+    d = eqn.params["dimension"]
+    outs = []
+    for v, var in zip(ins, eqn.outvars):
+        outs.append(None if v is None else bits.broadcast(bits.reduce_axes(v, (d,), keepdims=True), var.aval.shape))
+    return outs
+
+
+def _top_k(dom, eqn, ins):
+    v = ins[0]
+    vals = bits.broadcast(bits.reduce_axes(v, (v.ndim - 2,), keepdims=True), _shape(eqn, 0))
+    return [vals, None]
+
+
+#: Cost bound (multiply-adds) for the exact dot_general rule with a known operand.
+_DOT_EXACT_BUDGET = 5e7
 
 
 def _dot_general(dom, eqn, ins):
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    known = dom.known_in
     lhs_aval, rhs_aval = eqn.invars[0].aval, eqn.invars[1].aval
-    lhs, rhs = dom.full(ins[0], lhs_aval.shape), dom.full(ins[1], rhs_aval.shape)
     lfree = [d for d in range(lhs_aval.ndim) if d not in lc and d not in lb]
     rfree = [d for d in range(rhs_aval.ndim) if d not in rc and d not in rb]
-    D = dom.D
-    l = lhs.transpose(tuple(lb) + tuple(lfree) + tuple(lc) + (lhs_aval.ndim,))
-    r = rhs.transpose(tuple(rb) + tuple(rfree) + tuple(rc) + (rhs_aval.ndim,))
-    nb = len(lb)
-    bshape = l.shape[:nb]
-    lf = int(np.prod([lhs_aval.shape[d] for d in lfree], dtype=np.int64))
+    D, W = dom.D, dom.W
+    lsz = [lhs_aval.shape[d] for d in lb], int(np.prod([lhs_aval.shape[d] for d in lfree], dtype=np.int64)), \
+        int(np.prod([lhs_aval.shape[d] for d in lc], dtype=np.int64))
     rf = int(np.prod([rhs_aval.shape[d] for d in rfree], dtype=np.int64))
-    lk = l.reshape(bshape + (lf, -1, D)).any(axis=-2)  # (B, lf, D)
-    rk = r.reshape(bshape + (rf, -1, D)).any(axis=-2)  # (B, rf, D)
-    out = lk[..., :, None, :] | rk[..., None, :, :]
-    return [out.reshape(tuple(eqn.outvars[0].aval.shape) + (D,))]
+    bshape, lf, K = tuple(lsz[0]), lsz[1], lsz[2]
+    out_shape = _shape(eqn)
+
+    def arrange(v, aval, b, free, c, nd):  # -> (B..., F, K, W) packed
+        t = v.transpose(tuple(b) + tuple(free) + tuple(c) + (nd,)) if v.ndim == nd + 1 else v
+        return t.reshape(bshape + (-1, K, W))
+
+    # Exact when exactly one side is h-dependent and the other is known: out depends on
+    # the h-side entries paired with a nonzero of the known side.
+    for hs, ks in ((0, 1), (1, 0)):
+        if ins[hs] is not None and ins[ks] is None and known[ks] is not None:
+            B = int(np.prod(bshape, dtype=np.int64))
+            F_h = lf if hs == 0 else rf
+            F_k = rf if hs == 0 else lf
+            if B * F_h * F_k * K * D > _DOT_EXACT_BUDGET:
+                break
+            kv = np.asarray(known[ks]) != 0
+            kaval = (lhs_aval, rhs_aval)[ks]
+            kb, kfree, kc = (lb, lfree, lc) if ks == 0 else (rb, rfree, rc)
+            kmat = kv.transpose(tuple(kb) + tuple(kfree) + tuple(kc)).reshape(bshape + (F_k, K)).astype(np.float32)
+            haval = (lhs_aval, rhs_aval)[hs]
+            hb, hfree, hc = (lb, lfree, lc) if hs == 0 else (rb, rfree, rc)
+            hv = bits.to_bool(ins[hs], haval.shape, D)
+            hmat = hv.transpose(tuple(hb) + tuple(hfree) + tuple(hc) + (haval.ndim,)).reshape(bshape + (F_h, K, D))
+            # out[b, fk, fh, j] = OR_k kmat[b, fk, k] & hmat[b, fh, k, j]
+            prod = np.einsum("...ak,...bkj->...abj", kmat, hmat.astype(np.float32)) > 0
+            if hs == 1:  # out order is (lhs free = known, rhs free = h)
+                res = prod
+            else:
+                res = np.swapaxes(prod, -2, -3)
+            return [bits.from_bool(res.reshape(out_shape + (D,)), D)]
+
+    lhs, rhs = ins
+    lk = None if lhs is None else bits.reduce_axes(arrange(lhs, lhs_aval, lb, lfree, lc, lhs_aval.ndim), (-2,))
+    rk = None if rhs is None else bits.reduce_axes(arrange(rhs, rhs_aval, rb, rfree, rc, rhs_aval.ndim), (-2,))
+    full = bshape + (lf, rf, W)
+    parts = []
+    if lk is not None:
+        parts.append(np.broadcast_to(lk[..., :, None, :], full))
+    if rk is not None:
+        parts.append(np.broadcast_to(rk[..., None, :, :], full))
+    out = bits.union(*parts)
+    return [None if out is None else out.reshape(out_shape + (W,))]
 
 
-def _select_and_gather_like_conservative(dom, eqn, ins):
-    return dom.default(eqn, ins)
+def _gather(dom, eqn, ins):
+    operand = ins[0]
+    known = dom.known_in
+    if operand is None:
+        return [None]
+    p = eqn.params
+    out_shape = _shape(eqn)
+    if known[1] is not None:
+        pos = gather_positions(eqn.invars[0].aval.shape, known[1], p["dimension_numbers"], p["slice_sizes"], p["mode"], out_shape)
+        if pos is not None:
+            flat = dom.full(operand, eqn.invars[0].aval.shape).reshape(-1, dom.W)
+            taken = flat[np.maximum(pos, 0)]
+            return [np.where((pos >= 0)[..., None], taken, np.uint64(0))]
+    return [dom.dense(out_shape, [operand])]
+
+
+def _scatter(dom, eqn, ins):
+    operand, _, updates = ins[:3]
+    known = dom.known_in
+    p = eqn.params
+    op_shape = eqn.invars[0].aval.shape
+    replace = eqn.primitive.name == "scatter"
+    if known[1] is not None:
+        pos = scatter_positions(op_shape, known[1], p["dimension_numbers"], eqn.invars[2].aval.shape, p["mode"])
+        if pos is not None:
+            out = np.array(dom.full(operand, op_shape).reshape(-1, dom.W))
+            hit = pos[pos >= 0]
+            if replace:
+                out[hit] = 0
+            if updates is not None:
+                up = dom.full(updates, eqn.invars[2].aval.shape)[pos >= 0]
+                np.bitwise_or.at(out, hit, up)
+            out = out.reshape(tuple(op_shape) + (dom.W,))
+            return [out if out.any() else None]
+    return [bits.union(operand, dom.dense(op_shape, [updates]))]
+
+
+def _dynamic_slice(dom, eqn, ins):
+    x = ins[0]
+    known = dom.known_in
+    sizes = tuple(eqn.params["slice_sizes"])
+    shape = eqn.invars[0].aval.shape
+    starts = dynamic_slice_starts(shape, sizes, known[1:])
+    idx, red = [], []
+    for d, (st, sz) in enumerate(zip(starts, sizes)):
+        if st is None:
+            red.append(d)
+            idx.append(slice(None))
+        else:
+            idx.append(slice(st, st + sz))
+    out = x[tuple(idx)]
+    if red:
+        out = bits.reduce_axes(out, red, keepdims=True)
+    return [bits.broadcast(out, sizes)]
+
+
+def _dynamic_update_slice(dom, eqn, ins):
+    x, upd = ins[0], ins[1]
+    known = dom.known_in
+    shape = eqn.invars[0].aval.shape
+    ushape = eqn.invars[1].aval.shape
+    starts = dynamic_slice_starts(shape, ushape, known[2:])
+    if all(s is not None for s in starts):
+        out = np.array(dom.full(x, shape))
+        idx = tuple(slice(s, s + n) for s, n in zip(starts, ushape))
+        out[idx] = dom.full(upd, ushape)
+        return [out if out.any() else None]
+    return [bits.union(x, dom.dense(shape, [upd]))]
+
+
+def _zero_deriv(dom, eqn, ins):
+    return [None for _ in eqn.outvars]
 
 
 RULES = {name: _elementwise for name in ELEMENTWISE}
@@ -187,36 +391,70 @@ RULES.update(
     reduce_prod=_reduce,
     reduce_and=_reduce,
     reduce_or=_reduce,
-    argmax=_reduce,
-    argmin=_reduce,
+    argmax=_zero_deriv,
+    argmin=_zero_deriv,
+    iota=_zero_deriv,
     cumsum=_cumulative,
     cumprod=_cumulative,
     cummax=_cumulative,
     cummin=_cumulative,
     cumlogsumexp=_cumulative,
     dot_general=_dot_general,
+    gather=_gather,
+    scatter=_scatter,
+    dynamic_slice=_dynamic_slice,
+    dynamic_update_slice=_dynamic_update_slice,
+    split=_split,
+    sort=_sort,
+    top_k=_top_k,
 )
+for _n in ("scatter-add", "scatter_add", "scatter-mul", "scatter_mul", "scatter-min", "scatter_min", "scatter-max",
+           "scatter_max", "scatter-sub", "scatter_sub"):
+    RULES[_n] = _scatter
 
 
-def dependency(rec: Any) -> tuple[list[Any], set[str]]:
-    """Per-output dependency arrays of ``rec.step_jaxpr`` on the flat state vector."""
+def dependency(rec: Any) -> tuple[list[Any], set[str], list[int]]:
+    """Per-output packed dependency values of ``rec.step_jaxpr`` on the flat state vector,
+    the primitives handled conservatively, and the constants whose values were folded."""
     dom = SparsityDomain(rec.size)
     jp = rec.step_jaxpr
     ins: list[Any] = [None] * len(jp.jaxpr.invars)
-    ins[rec.state_invar] = np.eye(rec.size, dtype=bool)
+    ins[rec.state_invar] = bits.eye(rec.size) if rec.size else None
     outs = propagate(jp, ins, dom)
-    return outs, set(dom.unknown)
+    return outs, set(dom.unknown), sorted(set(dom.folded_consts))
+
+
+def const_fingerprint(rec: Any, indices: Sequence[int]) -> tuple:
+    """Hashable digest of the constant values the analysis folded (index arrays, masks)."""
+    import hashlib
+
+    out = []
+    consts = rec.consts
+    for i in indices:
+        try:
+            a = np.asarray(consts[i])
+        except Exception:  # noqa: BLE001 - a tracer now: the folded value no longer applies
+            out.append((int(i), "traced"))
+            continue
+        out.append((int(i), a.dtype.str, a.shape, hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest()))
+    return tuple(out)
 
 
 class SparsityPass(Pass):
-    """Provides ``sparsity`` (D × D bool: J[i, j] may be nonzero) and ``conservative``."""
+    """Provides ``sparsity`` (D × D bool: J[i, j] may be nonzero), ``conservative`` (primitives
+    without a rule), ``discrete_reads_float`` and ``const_fingerprint`` (the constants whose
+    values the analysis relied on; see ``facts_valid_for``)."""
 
     name = "sparsity"
-    provides = ("sparsity", "conservative", "discrete_reads_float")
+    provides = ("sparsity", "conservative", "discrete_reads_float", "const_fingerprint")
 
     def run(self, rec, facts):
-        outs, unknown = dependency(rec)
+        outs, unknown, folded = dependency(rec)
         D = rec.size
-        S = outs[0] if outs[0] is not None else np.zeros((D, D), bool)
-        disc = any(o is not None and o.any() for o in outs[1:])
-        return {"sparsity": np.asarray(S, bool).reshape(D, D), "conservative": sorted(unknown), "discrete_reads_float": disc}
+        S = bits.to_bool(outs[0], (D,), D) if D else np.zeros((0, 0), bool)
+        return {
+            "sparsity": np.asarray(S, bool).reshape(D, D),
+            "conservative": sorted(unknown),
+            "discrete_reads_float": bool(rec.discrete_depends_on_float),
+            "const_fingerprint": const_fingerprint(rec, folded),
+        }

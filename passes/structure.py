@@ -1,21 +1,33 @@
-"""Structure of J from the proven sparsity pattern (and holomorphy for complex states).
+"""Structure of J from the proven facts (and holomorphy for complex states).
 
-Pattern-only kinds come from ``autopar.structure.from_sparsity``: zero, diagonal,
-block-diagonal (connected components of the dependency graph, via networkx) and
-dense. Identity and scalar kinds need value-level proofs and are added by the
-passes that prove them.
+``StructurePass`` picks the tightest kind that every proof supports:
+
+* identity / scalar — from the coefficient proof (``coefficients``);
+* zero — the new state does not read h at all (dead-code analysis of the jaxpr; a zero
+  *derivative* pattern alone, e.g. ``floor(h)``, is reported as a zero diagonal instead);
+* diagonal — no off-diagonal entry in the sparsity pattern;
+* block-diagonal — connected components of the dependency graph give the permutation and
+  block sizes (worth it while the largest block is at most D/2);
+* dense — otherwise. For dense J the strongly connected components of the directed
+  dependency graph are reported as ``block_triangular`` when there are several (two stacked
+  layers: the second reads the first, never the other way round).
+
+``ColouringPass`` provides ``colors``: a greedy colouring of the column-intersection graph
+(columns that share no row share one JVP in compressed extraction).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from autopar.structure import from_sparsity
+from autopar import _compat
+from autopar.structure import BlockDiagonal, Dense, Diagonal, Identity, Scalar, Zero
 
 from .base import Pass
+from .graph import components, greedy_colouring, triangular_blocks
 from .interpret import Domain, propagate
 
-__all__ = ["StructurePass", "HolomorphyPass"]
+__all__ = ["StructurePass", "HolomorphyPass", "ColouringPass", "structure_from_pattern", "reads_state"]
 
 #: Primitives that are not complex-differentiable when applied to an h-dependent complex value.
 NON_HOLOMORPHIC = frozenset({"real", "imag", "conj", "abs", "sign", "max", "min", "gt", "ge", "lt", "le", "eq", "ne"})
@@ -34,6 +46,12 @@ class _DependsDomain(Domain):
     def is_const(self, value):
         return not value
 
+    def join(self, a, b):
+        return bool(a or b)
+
+    def widen(self, value, aval, ins):
+        return True
+
     def default(self, eqn, ins):
         dep = any(ins)
         name = eqn.primitive.name
@@ -49,6 +67,11 @@ class _DependsDomain(Domain):
             if complex_in and (name in NON_HOLOMORPHIC or complex_to_real):
                 self.offenders.add(name)
         return [dep for _ in eqn.outvars]
+
+    def apply(self, eqn, ins):
+        out = super().apply(eqn, ins)
+        self.unknown.discard(eqn.primitive.name)
+        return out
 
 
 class HolomorphyPass(Pass):
@@ -69,12 +92,81 @@ class HolomorphyPass(Pass):
         return {"holomorphic": not dom.offenders, "non_holomorphic_primitives": sorted(dom.offenders)}
 
 
+def reads_state(rec) -> bool:
+    """Whether the new float state reads the float state at all (syntactic, via DCE)."""
+    n_out = len(rec.step_jaxpr.jaxpr.outvars)
+    _, used = _compat.dce(rec.step_jaxpr, [True] + [False] * (n_out - 1))
+    return bool(used[rec.state_invar])
+
+
+def structure_from_pattern(pattern: np.ndarray, *, reads_h: bool = True):
+    """Tightest pattern-only kind holding ``pattern`` (zero, diagonal, block-diagonal, dense)."""
+    P = np.asarray(pattern, bool)
+    D = P.shape[0]
+    if not P.any():
+        return Zero(D) if not reads_h else Diagonal(D)
+    if not (P & ~np.eye(D, dtype=bool)).any():
+        return Diagonal(D)
+    if P.all():
+        return Dense(D)
+    comps = components(P)
+    if len(comps) <= 1:
+        return Dense(D)
+    b = max(len(c) for c in comps)
+    if b * 2 > D:  # a block structure pays off only when much smaller than dense
+        return Dense(D)
+    index = np.full((len(comps), b), D, dtype=np.int64)
+    for k, c in enumerate(comps):
+        index[k, : len(c)] = c
+    return BlockDiagonal(D, index)
+
+
 class StructurePass(Pass):
-    """Provides ``structure``: the tightest kind proven for J (an autopar.structure.Structure)."""
+    """Provides ``structure`` (an autopar.structure.Structure: the tightest kind proven for J),
+    ``block_triangular`` (None, or the state index groups in an order that makes a dense J
+    block lower-triangular) and ``notes``."""
 
     name = "structure"
-    requires = ("sparsity",)
-    provides = ("structure",)
+    requires = ("sparsity", "coefficients")
+    provides = ("structure", "block_triangular", "notes")
 
     def run(self, rec, facts):
-        return {"structure": from_sparsity(facts["sparsity"])}
+        S = np.asarray(facts["sparsity"], bool)
+        D = S.shape[0]
+        notes = list(facts.get("notes", []))
+        coef = facts.get("coefficients")
+        if coef == "identity":
+            st = Identity(D)
+        elif coef == "scalar":
+            st = Scalar(D)
+        else:
+            st = structure_from_pattern(S, reads_h=reads_state(rec) if D else False)
+        tri = None
+        if isinstance(st, Dense) and D > 1 and not S.all():
+            groups = triangular_blocks(S)
+            if groups is not None and len(groups) > 1:
+                tri = {"blocks": groups, "sizes": [len(g) for g in groups]}
+                notes.append(
+                    f"J is block lower-triangular after a permutation: {len(groups)} diagonal blocks of sizes "
+                    f"{tri['sizes']} (e.g. stacked layers: each block reads only the blocks before it)."
+                )
+        return {"structure": st, "block_triangular": tri, "notes": notes}
+
+
+class ColouringPass(Pass):
+    """Provides ``colors``: ``{"n": k, "coloring": int array (D,)}``, a greedy colouring of the
+    column-intersection graph of the sparsity pattern (k JVPs extract a J with this pattern)."""
+
+    name = "colouring"
+    requires = ("sparsity", "structure")
+    provides = ("colors", "notes")
+
+    def run(self, rec, facts):
+        S = np.asarray(facts["sparsity"], bool)
+        col = greedy_colouring(S)
+        n = int(col.max()) + 1 if col.size and S.any() else 0
+        notes = list(facts.get("notes", []))
+        if S.any():
+            notes.append(f"compressed extraction: the sparsity pattern needs {n} colour{'s' if n != 1 else ''} "
+                         f"(JVPs) per step; the {facts['structure'].kind} structure uses {facts['structure'].n_jvps}.")
+        return {"colors": {"n": n, "coloring": col}, "notes": notes}

@@ -1,0 +1,136 @@
+"""User extension API (register / register_rule), the worked example, and check=True."""
+
+import runpy
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import autopar
+from autopar.passes import Pass, PassError
+from autopar.passes.check import StructureCheckError, check_facts
+from tests.passes_helpers import analyse_cell
+
+ROOT = Path(__file__).resolve().parents[1]
+F64 = jnp.float64
+
+
+def test_example_runs():
+    ns = runpy.run_path(str(ROOT / "examples" / "custom_pass.py"))
+    before, report, tri, hs, ref = ns["main"]()
+    assert before.structure.kind == "dense" and before.conservative == ["softsign"]
+    assert report.structure.kind == "diagonal" and report.conservative == []
+    assert tri.facts["bandwidth"] == 1
+    np.testing.assert_allclose(hs, ref, rtol=1e-5, atol=1e-6)
+    assert "softsign" not in autopar.passes.registered_rules()  # the example cleans up
+
+
+def test_register_rule_rejects_duplicates_and_builtins():
+    autopar.passes.register_rule("my_prim_x", sparsity="dense")
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            autopar.passes.register_rule("my_prim_x", sparsity="elementwise")
+        autopar.passes.register_rule("my_prim_x", sparsity="elementwise", override=True)
+        assert autopar.passes.registered_rules()["my_prim_x"]["sparsity"] == "elementwise"
+    finally:
+        autopar.passes.unregister_rule("my_prim_x")
+    with pytest.raises(ValueError, match="built-in rule for primitive 'tanh'"):
+        autopar.passes.register_rule("tanh", sparsity="dense")
+    with pytest.raises(ValueError, match="sparsity="):
+        autopar.passes.register_rule("my_prim_y", sparsity="diagonal")
+    with pytest.raises(ValueError, match="at least one"):
+        autopar.passes.register_rule("my_prim_y")
+
+
+def test_override_builtin_rule_with_callable():
+    calls = []
+
+    def dense_sin(eqn, deps):  # a (deliberately loose) user rule overriding sin
+        calls.append(eqn.primitive.name)
+        acc = deps[0].reshape(-1, deps[0].shape[-1]).any(axis=0)
+        return [np.broadcast_to(acc, tuple(eqn.outvars[0].aval.shape) + acc.shape)]
+
+    autopar.passes.register_rule("sin", sparsity=dense_sin, degree=lambda eqn, d: "nonlinear", override=True)
+    try:
+        _, facts = analyse_cell(lambda h, x: jnp.sin(h) * x, jnp.zeros(3, F64), jnp.ones((2, 3), F64))
+        assert calls == ["sin"] and facts.sparsity.all()
+    finally:
+        autopar.passes.unregister_rule("sin")
+    _, facts = analyse_cell(lambda h, x: jnp.sin(h) * x, jnp.zeros(3, F64), jnp.ones((2, 3), F64))
+    assert facts.structure.kind == "diagonal"
+
+
+def test_register_pass_duplicate_and_failure_message():
+    class Boom(Pass):
+        name = "boom"
+        requires = ("structure",)
+        provides = ("boom",)
+
+        def run(self, rec, facts):
+            raise RuntimeError("kaput")
+
+    autopar.passes.register(Boom)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            autopar.passes.register(Boom)
+        with pytest.raises(PassError, match=r"'boom' failed .* after \[.*'structure'.*\]: RuntimeError: kaput"):
+            analyse_cell(lambda h, x: h * x, jnp.zeros(3, F64), jnp.ones((2, 3), F64))
+    finally:
+        autopar.passes.unregister("boom")
+
+
+def test_check_passes_on_sound_cells():
+    fn = autopar.parallelize(lambda h, x: jnp.tanh(0.5 * h[jnp.array([1, 0, 2])] + x), check=True)
+    h0, xs = jnp.zeros(3, F64), jnp.ones((4, 3), F64)
+    out = fn(h0, xs)
+    assert out.shape == (4, 3)
+
+
+def test_check_names_the_pass_and_entries():
+    """A wrong user rule (claims elementwise for a mixing primitive) is caught by check=True."""
+    rec, facts = analyse_cell(lambda h, x: jnp.cumsum(h) * x, jnp.zeros(3, F64), jnp.ones((2, 3), F64))
+    facts["sparsity"] = np.eye(3, dtype=bool)  # simulate an unsound rule
+    with pytest.raises(StructureCheckError, match=r"sparsity pass .*∂h0\[1\]/∂h0\[0\]"):
+        check_facts(rec, facts)
+
+    rec, facts = analyse_cell(lambda h, x: 2.0 * h + x, jnp.zeros(3, F64), jnp.ones((2, 3), F64))
+    from autopar.structure import Identity
+
+    facts["structure"] = Identity(3)  # simulate a wrong identity proof
+    with pytest.raises(StructureCheckError, match="coefficients pass proved J = I"):
+        check_facts(rec, facts)
+
+    rec, facts = analyse_cell(lambda h, x: jnp.tanh(h) + x, jnp.zeros(3, F64), jnp.ones((2, 3), F64))
+    facts["linear"] = True  # simulate a wrong affinity claim
+    with pytest.raises(StructureCheckError, match="linearity pass"):
+        check_facts(rec, facts)
+
+
+def test_check_through_parallelize_with_wrong_rule():
+    def mix(eqn, deps):  # unsound on purpose: claims the cumsum is elementwise
+        return [deps[0]]
+
+    autopar.passes.register_rule("cumsum", sparsity=mix, override=True)
+    try:
+        fn = autopar.parallelize(lambda h, x: jnp.cumsum(h) * x, check=True)
+        with pytest.raises(StructureCheckError, match="sparsity pass"):
+            fn(jnp.zeros(3, F64), jnp.ones((2, 3), F64))
+    finally:
+        autopar.passes.unregister_rule("cumsum")
+
+
+def test_cached_analysis_is_redone_when_folded_constants_change():
+    box = {"perm": np.array([1, 0, 2, 3])}
+
+    def cell(h, x):
+        return 0.5 * h[box["perm"]] + x
+
+    fn = autopar.parallelize(cell)
+    h0, xs = jnp.zeros(4, F64), jnp.ones((3, 4), F64)
+    r1 = fn.explain(h0, xs)
+    box["perm"] = np.array([3, 2, 1, 0])
+    r2 = fn.explain(h0, xs)
+    assert not np.array_equal(r1.sparsity, r2.sparsity)
+    np.testing.assert_array_equal(r2.sparsity, np.eye(4, dtype=bool)[[3, 2, 1, 0]])

@@ -20,6 +20,9 @@ from .structure import StructurePass as StructurePass
 for _p in (SparsityPass, LinearityPass, HolomorphyPass, StructurePass, CostPass):
     register(_p)
 del _p
+from .matrix_state import MatrixStatePass as MatrixStatePass  # noqa: E402
+
+register(MatrixStatePass)
 
 
 def analyse(rec) -> Facts:

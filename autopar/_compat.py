@@ -74,3 +74,11 @@ def literal_value(atom: Any) -> Any:
 
 def aval_of(atom: Any) -> Any:
     return atom.aval
+
+
+def bind_eqn(eqn: JaxprEqn, values: Sequence[Any]) -> list[Any]:
+    """Evaluate one equation on concrete (or traced) operand values; always returns a list."""
+    params = eqn.primitive.get_bind_params(eqn.params)
+    with eqn.ctx.manager:
+        out = eqn.primitive.bind(*values, **params)
+    return list(out) if eqn.primitive.multiple_results else [out]

@@ -33,6 +33,9 @@ for _p in (SparsityPass, LinearityPass, CoefficientPass, HolomorphyPass, Structu
            CostPass, DiscretePass):
     register(_p)
 del _p
+from .matrix_state import MatrixStatePass as MatrixStatePass  # noqa: E402
+
+register(MatrixStatePass)
 
 
 def analyse(rec) -> Facts:

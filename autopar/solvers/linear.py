@@ -51,6 +51,8 @@ def linear_scan(structure: Structure, a, b, v0, *, reverse: bool = False):
         return jnp.flip(out, 0)
     if isinstance(structure, Zero):
         return b
+    if getattr(structure, "custom_scan", False):  # e.g. Kronecker: chunked WY scan for low-rank factors
+        return structure.linear_scan(a, b, v0)
     first_a = jax.tree_util.tree_map(lambda x: x[0], a)
     b = b.at[0].add(structure.matvec(first_a, v0))
     if isinstance(structure, Identity):

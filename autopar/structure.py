@@ -108,13 +108,10 @@ class Structure:
 
 
 @dataclasses.dataclass(frozen=True)
-class Zero(Structure):
-    kind: ClassVar[str] = "zero"
-    order: ClassVar[int] = 0
-    n_jvps = 0
+class _NoFactor(Structure):
+    """Kinds whose J is fixed (0 or I): nothing to extract, store or compose."""
 
-    def pattern(self):
-        return np.zeros((self.size, self.size), bool)
+    n_jvps = 0
 
     def extract(self, jvp, dtype):
         return ()
@@ -122,17 +119,8 @@ class Zero(Structure):
     def compose(self, a2, a1):
         return ()
 
-    def matvec(self, a, v):
-        return jnp.zeros_like(v)
-
     def transpose(self, a):
         return ()
-
-    def diagonal(self, a):
-        return jnp.zeros((self.size,))
-
-    def to_dense(self, a):
-        return jnp.zeros((self.size, self.size))
 
     def compose_flops(self):
         return 0.0
@@ -145,40 +133,39 @@ class Zero(Structure):
 
 
 @dataclasses.dataclass(frozen=True)
-class Identity(Structure):
+class Zero(_NoFactor):
+    kind: ClassVar[str] = "zero"
+    order: ClassVar[int] = 0
+
+    def pattern(self):
+        return np.zeros((self.size, self.size), bool)
+
+    def matvec(self, a, v):
+        return jnp.zeros_like(v)
+
+    def diagonal(self, a):
+        return jnp.zeros((self.size,))
+
+    def to_dense(self, a):
+        return jnp.zeros((self.size, self.size))
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity(_NoFactor):
     kind: ClassVar[str] = "identity"
     order: ClassVar[int] = 1
-    n_jvps = 0
 
     def pattern(self):
         return np.eye(self.size, dtype=bool)
 
-    def extract(self, jvp, dtype):
-        return ()
-
-    def compose(self, a2, a1):
-        return ()
-
     def matvec(self, a, v):
         return v
-
-    def transpose(self, a):
-        return ()
 
     def diagonal(self, a):
         return jnp.ones((self.size,))
 
     def to_dense(self, a):
         return jnp.eye(self.size)
-
-    def compose_flops(self):
-        return 0.0
-
-    def matvec_flops(self):
-        return 0.0
-
-    def floats(self):
-        return 0.0
 
 
 @dataclasses.dataclass(frozen=True)

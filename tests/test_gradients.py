@@ -16,7 +16,7 @@ import pytest
 import autopar
 from autopar.solvers import solver_names
 
-from .oracle import scan_states, tol_for
+from .oracle import assert_trees_close, scan_states, tol_for
 
 EXACT = ("sequential", "linear")
 SOLVERS = [n for n in solver_names()]
@@ -64,19 +64,7 @@ def make_loss(example_states):
 
 
 def assert_grads_close(got, want, rtol, msg=""):
-    lg, tg = jax.tree_util.tree_flatten(got)
-    lw, tw = jax.tree_util.tree_flatten(want)
-    assert tg == tw, f"gradient pytrees differ: {tg} vs {tw}. {msg}"
-    for a, b in zip(lg, lw):
-        a, b = np.asarray(a), np.asarray(b)
-        assert a.shape == b.shape, f"{a.shape} vs {b.shape}. {msg}"
-        assert a.dtype == b.dtype, f"{a.dtype} vs {b.dtype}. {msg}"
-        if b.dtype == jax.dtypes.float0:
-            continue
-        a64 = a.astype(np.complex128 if np.iscomplexobj(a) else np.float64)
-        b64 = b.astype(np.complex128 if np.iscomplexobj(b) else np.float64)
-        scale = max(1.0, float(np.max(np.abs(b64))) if b.size else 1.0)
-        np.testing.assert_allclose(a64, b64, rtol=rtol, atol=rtol * scale, err_msg=msg)
+    assert_trees_close(got, want, rtol=rtol, err_msg=msg)
 
 
 def grads(cell, params, h0, xs, *, solver=None, backward=None, wrap=lambda g: g):

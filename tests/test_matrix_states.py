@@ -158,10 +158,8 @@ def test_extracted_factor_matches_jacfwd(cell, kinds, rank):
     assert not (np.abs(J) > 1e-14)[~st.pattern()].any()
 
 
-F32 = {"linattn_right", "mlstm", "deltanet_right", "gated_deltanet", "deltaproduct", "rwkv7", "kda"}
 DTYPE_CASES = [pytest.param(c, k, r, dt, id=f"{c.__name__}-{np.dtype(dt).name}")
-               for c, k, r in CASES for dt in (jnp.float32, jnp.float64)
-               if dt == jnp.float64 or c.__name__ in F32]
+               for c, k, r in CASES for dt in (jnp.float32, jnp.float64)]
 
 
 @pytest.mark.parametrize("cell,kinds,rank,dtype", DTYPE_CASES)

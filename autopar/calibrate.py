@@ -1,12 +1,14 @@
 r"""``autopar.calibrate()``: measure the cost model's constants on this machine and cache them.
 
-Five micro-benchmarks, each a few milliseconds, blocked until ready, median of repeats:
+Micro-benchmarks of a few milliseconds each, blocked until ready; each reports the
+*minimum* over repeats (other processes only ever add time, so the minimum is the
+steadiest estimate of a program's own cost on a shared machine):
 
 1. ``step_overhead`` — per-step time of ``lax.scan`` over ``h ← a·h + x`` with D = 1
    (all loop overhead, no work).
 2. ``bytes_per_s`` — a streamed ``a·x + b`` over 2²² floats (3 arrays read/written).
 3. ``seq_flops`` — ``lax.scan`` over ``h ← tanh(W h + x)``, D = 64:
-   step_flops / (per-step time − overhead − streamed bytes / bandwidth).
+   step_flops / (per-step time − overhead).
 4. ``par_flops`` — a batched matmul (T, D) @ (D, D), the shape of a step vmapped over time.
 5. ``level_overhead``, ``scan_elem_time`` — a hand-written diagonal ``lax.associative_scan``
    at a short, narrow size (overhead-bound) and a long, wide one (traffic-bound); the two
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import statistics
 import time
 
 import jax
@@ -49,7 +50,7 @@ def _time(fn, *args, repeats: int = 5, min_time: float = 0.01) -> float:
             if dt >= min_time:
                 break
         out.append(dt / n)
-    return statistics.median(out)
+    return min(out)
 
 
 def _scan_per_step(cell, D: int, T: int, backend: str, repeats: int, dtype=jnp.float32) -> float:
@@ -111,7 +112,7 @@ def _inside_trace() -> bool:
     return isinstance(jnp.zeros(()), jax.core.Tracer)
 
 
-def calibrate(backend: str | None = None, *, save: bool = True, repeats: int = 5,
+def calibrate(backend: str | None = None, *, save: bool = True, repeats: int = 7,
               verbose: bool = False) -> costs.BackendConstants:
     """Measure the cost model's constants on ``backend`` (default: JAX's default backend).
 
@@ -139,7 +140,7 @@ def calibrate(backend: str | None = None, *, save: bool = True, repeats: int = 5
     log(f"step_overhead  {step_overhead:.3g} s")
 
     # 2. streaming bandwidth
-    n = 1 << 22
+    n = 1 << 21
     x = jax.device_put(jnp.ones((n,), jnp.float32), dev)
     y = jax.device_put(jnp.ones((n,), jnp.float32), dev)
     t_bw = _time(jax.jit(lambda x, y: 1.5 * x + y), x, y, repeats=repeats)
@@ -152,8 +153,7 @@ def calibrate(backend: str | None = None, *, save: bool = True, repeats: int = 5
     cell = lambda h, x: jnp.tanh(W @ h + x)  # noqa: E731
     fl = costs.step_flops(jax.make_jaxpr(cell)(jnp.zeros((D,), jnp.float32), jnp.zeros((D,), jnp.float32)))
     per = _scan_per_step(cell, D, 1 << 12, backend, repeats)
-    body = max(per - step_overhead - 2 * D * 4 / bytes_per_s, 0.1 * per)
-    seq_flops = fl / body
+    seq_flops = fl / max(per - step_overhead, 0.1 * per)
     log(f"seq_flops      {seq_flops:.3g} flop/s")
 
     # 4. vectorised flop rate: a step vmapped over time is a (T, D) @ (D, D) matmul

@@ -89,9 +89,9 @@ class BackendConstants:
 DEFAULTS = {
     # Measured by autopar.calibrate() on the 2-core development CPU, single-threaded Eigen.
     # A cheap cell's lax.scan step costs ~10 ns here: sequential is very hard to beat.
-    "cpu": BackendConstants(step_overhead=5e-9, seq_flops=3.0e10, par_flops=5.0e10, level_overhead=6e-6,
-                            bytes_per_s=1.2e10, scan_elem_time=1.6e-9, op_overhead=8e-8, complex_op_factor=6.0,
-                            parallel_overhead=2e-5, source="default (2-core CPU)"),
+    "cpu": BackendConstants(step_overhead=4.5e-9, seq_flops=4.2e10, par_flops=7.0e10, level_overhead=5.3e-6,
+                            bytes_per_s=3.0e10, scan_elem_time=1.5e-9, op_overhead=9e-8, complex_op_factor=5.0,
+                            parallel_overhead=1.5e-5, source="default (2-core CPU, AMD EPYC)"),
     # Not measured (no GPU available): published orders of magnitude for a data-centre GPU.
     # A sequential step is at least one kernel launch (~5 µs); vectorised work runs at tens of
     # TFLOP/s and ~2 TB/s, so parallel scans win by orders of magnitude at long T.

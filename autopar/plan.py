@@ -206,6 +206,13 @@ def _budget(options: dict, backend: str) -> float:
     return float(b)
 
 
+def _fmt_time(t: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
+        if t >= scale:
+            return f"{t / scale:.3g} {unit}"
+    return f"{t / 1e-9:.3g} ns"
+
+
 def _fmt_bytes(b: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(b) < 1024:
@@ -270,7 +277,7 @@ def make_plan(rec: Any, facts: Any, solver: str = "auto", backend: str | None = 
             others = sorted((r for r in usable if r.solver != best.solver), key=lambda r: r.time)
             if others:
                 reason = (f"{best.solver} is predicted fastest on {backend} "
-                          f"({best.time:.3g} s vs {others[0].solver} {others[0].time:.3g} s)")
+                          f"({_fmt_time(best.time)} vs {others[0].solver} {_fmt_time(others[0].time)})")
             else:
                 reason = f"{best.solver} is the only solver that applies" + (
                     "" if len(usable) == sum(r.applies for r in rows) else " within the memory budget")
@@ -298,5 +305,5 @@ def _choose_backward(rec, facts, K, blockers, budget) -> tuple[str, str]:
     if lin.memory > budget:
         return "sequential", f"a linear adjoint would need {_fmt_bytes(lin.memory)} > memory_budget"
     if lin.time < seq.time:
-        return "linear", f"reverse linear scan predicted {lin.time:.3g} s vs reverse lax.scan {seq.time:.3g} s"
-    return "sequential", f"reverse lax.scan predicted {seq.time:.3g} s vs reverse linear scan {lin.time:.3g} s"
+        return "linear", f"reverse linear scan predicted {_fmt_time(lin.time)} vs reverse lax.scan {_fmt_time(seq.time)}"
+    return "sequential", f"reverse lax.scan predicted {_fmt_time(seq.time)} vs reverse linear scan {_fmt_time(lin.time)}"

@@ -56,12 +56,15 @@ def _one_sample(fn, min_time):
 
 
 def side_by_side(fns: Mapping[str, Callable[[], Any]], *, repeats: int = 5, warmup: int = 1,
-                 min_time: float = 0.0) -> Timing:
+                 min_time: float = 0.0, stat: str = "median") -> Timing:
     """Time several contenders in one run, interleaved round-robin; median seconds per name.
 
     Each contender is warmed up (compiled) first; then every round times each contender
-    once, in turn, so slow drifts in machine load hit all of them alike.
+    once, in turn, so slow drifts in machine load hit all of them alike. ``stat`` is
+    "median" (default) or "min" (on a shared machine, interference only ever adds time,
+    so the minimum is the steadier estimate of a program's own cost).
     """
+    reduce = {"median": statistics.median, "min": min}[stat]
     for fn in fns.values():
         for _ in range(warmup):
             block(fn())
@@ -69,7 +72,7 @@ def side_by_side(fns: Mapping[str, Callable[[], Any]], *, repeats: int = 5, warm
     for _ in range(repeats):
         for k, fn in fns.items():
             samples[k].append(_one_sample(fn, min_time))
-    res = Timing({k: statistics.median(v) for k, v in samples.items()})
+    res = Timing({k: reduce(v) for k, v in samples.items()})
     res.samples = samples
     return res
 

@@ -11,8 +11,9 @@ steadiest estimate of a program's own cost on a shared machine):
    step_flops / (per-step time − overhead).
 4. ``par_flops`` — a batched matmul (T, D) @ (D, D), the shape of a step vmapped over time.
 5. ``level_overhead``, ``scan_elem_time`` — a hand-written diagonal ``lax.associative_scan``
-   at a short, narrow size (overhead-bound) and a long, wide one (traffic-bound); the two
-   timings solve  t = levels(T)·level_overhead + T·(2D)·scan_elem_time.
+   at a short, narrow size (overhead-bound, T = 256, D = 1) and a wider one (T = 4096,
+   D = 16, where CPU crossovers happen); net of the fixed cost of dispatching a jitted
+   call, the two timings solve  t = levels(T)·level_overhead + T·(2D)·scan_elem_time.
 6. ``op_overhead``, ``complex_op_factor`` — ``lax.scan`` over ``a·h + x B`` (D = 16) minus
    the same without the matmul, in float32 and in complex64.
 7. ``parallel_overhead`` — autopar's linear solver on a tiny affine cell minus the
@@ -163,11 +164,14 @@ def calibrate(backend: str | None = None, *, save: bool = True, repeats: int = 7
     par_flops = (2.0 * Tm * D * D + costs.TRANSCENDENTAL_FLOPS * Tm * D) / t_mm
     log(f"par_flops      {par_flops:.3g} flop/s")
 
-    # 5. associative scan: per-level overhead and per-element traffic
+    # 5. associative scan: per-level overhead and per-element traffic (net of the fixed cost
+    #    of dispatching any jitted call, which every contender pays alike)
+    tiny = jax.device_put(jnp.ones((4,), jnp.float32), dev)
+    dispatch = _time(jax.jit(lambda v: v + 1), tiny, repeats=repeats)
     Ts, Ds = 1 << 8, 1
-    Tl, Dl = 1 << 15, 16
-    ts = _assoc_scan_time(Ts, Ds, backend, repeats)
-    tl = _assoc_scan_time(Tl, Dl, backend, repeats)
+    Tl, Dl = 1 << 12, 16
+    ts = max(_assoc_scan_time(Ts, Ds, backend, repeats) - dispatch, 1e-9)
+    tl = max(_assoc_scan_time(Tl, Dl, backend, repeats) - dispatch, 1e-9)
     # t = L·levels(T) + E·T·2D; solve the 2×2 system, keeping both non-negative.
     A = np.array([[_levels(Ts), Ts * 2 * Ds], [_levels(Tl), Tl * 2 * Dl]], float)
     L, E = np.linalg.solve(A, np.array([ts, tl]))

@@ -21,8 +21,9 @@ calibration cache written by ``autopar.calibrate()`` (keyed by backend and
 device kind, in ``cache_dir()``), then ``DEFAULTS``. Reading the cache never
 measures anything: calibration only happens when the user calls ``calibrate``.
 
-``DEFAULTS["cpu"]`` were measured with ``autopar.calibrate()`` on the 2-core
-development machine (``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``). The
+``DEFAULTS["cpu"]`` are the medians of several ``autopar.calibrate()`` runs on the 2-core
+development machine (AMD EPYC, ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``); that
+machine was shared and loaded, so each constant is good to perhaps ±30%. The
 GPU/TPU defaults are **not measured here** (no accelerator was available): they
 are published orders of magnitude — a few µs of launch/loop overhead per
 sequential step, TFLOP/s-class vectorised throughput, TB/s-class bandwidth. Run
@@ -89,9 +90,9 @@ class BackendConstants:
 DEFAULTS = {
     # Measured by autopar.calibrate() on the 2-core development CPU, single-threaded Eigen.
     # A cheap cell's lax.scan step costs ~10 ns here: sequential is very hard to beat.
-    "cpu": BackendConstants(step_overhead=4.5e-9, seq_flops=4.2e10, par_flops=7.0e10, level_overhead=5.3e-6,
-                            bytes_per_s=3.0e10, scan_elem_time=1.5e-9, op_overhead=9e-8, complex_op_factor=5.0,
-                            parallel_overhead=1.5e-5, source="default (2-core CPU, AMD EPYC)"),
+    "cpu": BackendConstants(step_overhead=4.4e-9, seq_flops=4.2e10, par_flops=7.2e10, level_overhead=5.0e-6,
+                            bytes_per_s=1.5e10, scan_elem_time=1.3e-9, op_overhead=8.5e-8, complex_op_factor=5.0,
+                            parallel_overhead=1.0e-5, source="default (2-core CPU, AMD EPYC)"),
     # Not measured (no GPU available): published orders of magnitude for a data-centre GPU.
     # A sequential step is at least one kernel launch (~5 µs); vectorised work runs at tens of
     # TFLOP/s and ~2 TB/s, so parallel scans win by orders of magnitude at long T.

@@ -140,7 +140,7 @@ class Report:
             raise ImportError("report.plot() needs matplotlib: pip install 'autopar[plot]'") from e
         if ax is None:
             _, ax = plt.subplots(figsize=(4, 4))
-        ax.imshow(self.sparsity, cmap="Greys", interpolation="nearest")
+        ax.imshow(self.sparsity, cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"{self.name}: {self.structure.describe()}")
         ax.set_xlabel("state j")
         ax.set_ylabel("new state i")

@@ -160,14 +160,16 @@ def predict(name: str, facts: Any, rec: Any, K: costs.BackendConstants) -> Predi
     if callable(custom):
         t, m, it = custom(facts, rec, K)
         return Prediction(float(t), float(m), float(it), math.nan, math.nan)
-    t_ex, w_ex = _extract(T, D, fl, st, isz, xb, K)
+    quasi = name.startswith("quasi")
+    # quasi solvers read only diag(J) (one structured pass, ~ a JVP), whatever the structure
+    t_ex, w_ex = _extract(T, D, fl, Diagonal(D) if quasi else st, isz, xb, K)
     if name == "linear":
         t_sc, w_sc = _scan(T, D, st, isz, cplx, K)
         mem = 3.0 * T * (st.floats() + D) * isz
         return Prediction(K.parallel_overhead + t_ex + t_sc, mem, 1.0, w_ex + w_sc, float(levels(T)))
     # Newton family
     iters = float(solver.predict_iterations(facts, rec))
-    scan_st = Diagonal(D) if name.startswith("quasi") else st
+    scan_st = Diagonal(D) if quasi else st
     n_scans = 3.0 if "elk" in name else 1.0
     t_sc, w_sc = _scan(T, D, scan_st, isz, cplx, K)
     t_res = T * fl / K.par_flops + T * (xb + 2 * D * isz) / K.bytes_per_s

@@ -90,7 +90,7 @@ class BackendConstants:
 DEFAULTS = {
     # Measured by autopar.calibrate() on the 2-core development CPU, single-threaded Eigen.
     # A cheap cell's lax.scan step costs ~10 ns here: sequential is very hard to beat.
-    "cpu": BackendConstants(step_overhead=4.4e-9, seq_flops=4.2e10, par_flops=7.2e10, level_overhead=5.0e-6,
+    "cpu": BackendConstants(step_overhead=4.4e-9, seq_flops=4.2e10, par_flops=7.2e10, level_overhead=4.3e-6,
                             bytes_per_s=1.5e10, scan_elem_time=1.3e-9, op_overhead=8.5e-8, complex_op_factor=5.0,
                             parallel_overhead=1.0e-5, source="default (2-core CPU, AMD EPYC)"),
     # Not measured (no GPU available): published orders of magnitude for a data-centre GPU.

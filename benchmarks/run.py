@@ -226,6 +226,7 @@ def plots(results, outdir):
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("matplotlib not installed: no plots (pip install 'autopar[plot]')")
         return []
@@ -243,6 +244,11 @@ def plots(results, outdir):
                 pts = [(r["T"], r["times"][n]) for r in rows if n in r["times"]]
                 ax.loglog([p[0] for p in pts], [p[1] * 1e3 for p in pts], marker="o",
                           linestyle="--" if n in ("lax.scan", "hand") else "-", label=n)
+            Ts = sorted({r["T"] for r in rows})
+            ax.set_xticks(Ts)
+            ax.set_xticklabels([str(t) for t in Ts])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_xlabel("T")
             ax.set_ylabel("time (ms)")
             ax.set_title(f"{cell} ({kind}, D={rows[0]['D']})")
@@ -270,7 +276,17 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="write the markdown table here")
     ap.add_argument("--json", default=None, help="write raw results here")
     ap.add_argument("--plots", default=None, help="write PNG plots into this folder (needs matplotlib)")
+    ap.add_argument("--from-json", default=None, help="re-render table and plots from a --json file; no timing")
     args = ap.parse_args(argv)
+    if args.from_json:
+        data = json.loads(Path(args.from_json).read_text())
+        md = markdown(data["results"], data.get("core"), data["machine"], args.stat)
+        print(md)
+        if args.out:
+            Path(args.out).write_text(md + "\n")
+        for f in plots(data["results"], args.plots) if args.plots else []:
+            print(f"wrote {f}")
+        return data["results"], data.get("core")
 
     Ts = tuple(int(t) for t in args.T.split(",")) if args.T else (QUICK_T if args.quick else FULL_T)
     repeats = args.repeats or (3 if args.quick else 7)

@@ -116,7 +116,9 @@ def _sizes(rec):
     isz = dt.itemsize
     cplx = 4.0 if np.issubdtype(dt, np.complexfloating) else 1.0  # real flops per complex multiply-add
     xb = float(sum(int(np.prod(a.shape, dtype=np.int64)) * np.dtype(a.dtype).itemsize for a in rec.x_avals))
-    const_floats = float(sum(int(np.size(c)) for c in rec.consts if np.issubdtype(np.asarray(c).dtype, np.inexact)))
+    # consts may be tracers (a cell closing over values of an outer jit): read shapes/dtypes only
+    const_floats = float(sum(int(np.prod(np.shape(c), dtype=np.int64)) for c in rec.consts
+                             if np.issubdtype(np.dtype(getattr(c, "dtype", np.float32)), np.inexact)))
     return T, D, isz, cplx, xb, const_floats
 
 

@@ -314,3 +314,19 @@ def test_step_flops_and_ops():
     assert costs.step_ops(tiny) == (0.0, 0.0)  # fused by XLA: no per-op overhead
     cp = jax.make_jaxpr(lambda h: h @ W.astype(jnp.complex64))(jnp.ones(16, jnp.complex64))
     assert costs.step_ops(cp) == (0.0, 1.0)
+
+
+def test_planning_inside_jit_with_traced_closed_over_params():
+    """The planner reads only shapes and dtypes: closed-over tracers must not be concretised."""
+    xs = jnp.ones((64, 4), jnp.float32)
+    h0 = jnp.zeros(4, jnp.float32)
+
+    @jax.jit
+    def loss(a):
+        cell = autopar.parallelize(lambda h, x: a * h + x)
+        return jnp.sum(cell(h0, xs))
+
+    a = jnp.full(4, 0.9, jnp.float32)
+    g = jax.grad(loss)(a)
+    ref = jax.grad(lambda a: jnp.sum(scan_states(lambda h, x: a * h + x, h0, xs)))(a)
+    assert_trees_close(g, ref, rtol=1e-4)

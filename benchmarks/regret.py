@@ -52,6 +52,7 @@ def main(argv=None):
     ap.add_argument("--D", type=int, default=16)
     ap.add_argument("--grad", action="store_true", help="include the forward+gradient rows (backward choice)")
     ap.add_argument("--stat", choices=("median", "min"), default="median")
+    ap.add_argument("--skip", default="", help="comma-separated solvers not to force")
     ap.add_argument("--strict", action="store_true", help="exit 1 if the worst ratio exceeds the target")
     args = ap.parse_args(argv)
     if args.src:
@@ -61,7 +62,8 @@ def main(argv=None):
         Ts = tuple(int(t) for t in args.T.split(",")) if args.T else (QUICK_T if args.quick else FULL_T)
         results = run_suite([c for c in args.cells.split(",") if c], Ts, args.D,
                             repeats=3 if args.quick else 7, min_time=0.005 if args.quick else 0.05,
-                            grad=args.grad, log=lambda *a: None, stat=args.stat)
+                            grad=args.grad, log=lambda *a: None, stat=args.stat,
+                            skip=tuple(x for x in args.skip.split(",") if x))
     worst = report(results)
     if args.strict and worst > TARGET:
         sys.exit(1)

@@ -56,7 +56,7 @@ def _scan_fn(cell):
     return run
 
 
-def contenders(cell, h0, xs, hand):
+def contenders(cell, h0, xs, hand, skip=()):
     """name -> zero-arg callable, plus the auto report, notes and per-solver iteration counts."""
     fns = {"lax.scan": (lambda f=_scan_fn(cell): f(h0, xs))}
     if hand is not None:
@@ -69,6 +69,9 @@ def contenders(cell, h0, xs, hand):
     for row in report.candidates:
         if not row.applies:
             notes.append(f"{row.solver}: does not apply ({row.reason})")
+            continue
+        if row.solver in skip:
+            notes.append(f"{row.solver}: skipped (--skip)")
             continue
         f = autopar.parallelize(cell, solver=row.solver)
         fns[row.solver] = (lambda f=f: f(h0, xs))
@@ -100,13 +103,13 @@ def grad_contenders(cell, h0, xs):
     return {k: (lambda f=f: f(h0, xs)) for k, f in fns.items()}, report
 
 
-def run_suite(cells, Ts, D, repeats, min_time, grad=False, log=print, stat="median"):
+def run_suite(cells, Ts, D, repeats, min_time, grad=False, log=print, stat="median", skip=()):
     results = []
     for name in cells:
         for T in Ts:
             cell, h0, x_fn, hand = make_cell(name, D)
             xs = x_fn(T)
-            fns, report, notes, iters = contenders(cell, h0, xs, hand)
+            fns, report, notes, iters = contenders(cell, h0, xs, hand, skip)
             times = side_by_side(fns, repeats=repeats, min_time=min_time, stat=stat)
             forced = {k: v for k, v in times.items() if k not in ("lax.scan", "hand", "auto")}
             best = min(forced, key=forced.get)
@@ -269,6 +272,7 @@ def main(argv=None):
     ap.add_argument("--D", type=int, default=16, help="state size (DeltaNet: d×d with d = √D)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--grad", action="store_true", help="also time forward + gradient")
+    ap.add_argument("--skip", default="", help="comma-separated solvers not to force (e.g. elk,quasi-elk)")
     ap.add_argument("--stat", choices=("median", "min"), default="median",
                     help="statistic over repeats (min is steadier on a shared machine)")
     ap.add_argument("--core-T", type=int, default=None, help="T of the issue 2 targets (default 65536; quick 8192)")
@@ -297,7 +301,8 @@ def main(argv=None):
             ap.error(f"unknown cell {c!r}; choose from {', '.join(CELLS)}")
     machine = machine_description()
     print(f"# autopar benchmarks — {machine}")
-    results = run_suite(cells, Ts, args.D, repeats, min_time, grad=args.grad, stat=args.stat)
+    skip = tuple(x.strip() for x in args.skip.split(",") if x.strip())
+    results = run_suite(cells, Ts, args.D, repeats, min_time, grad=args.grad, stat=args.stat, skip=skip)
     core = None
     if not args.no_core:
         core = core_targets(args.core_T or (8192 if args.quick else 65536), 16, repeats, min_time, args.stat)

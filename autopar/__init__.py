@@ -7,10 +7,12 @@
     carry, ys = autopar.scan(f, init, xs)
 """
 
+from . import costs as costs
 from . import passes as passes
 from . import solvers as solvers
 from . import structure as structure
 from .api import Parallelized as Parallelized
+from .calibrate import calibrate as calibrate
 from .api import explain as explain
 from .api import parallelize as parallelize
 from .api import scan as scan

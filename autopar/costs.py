@@ -1,57 +1,254 @@
-"""Backend constants for the cost model, and a flop count of one step.
+r"""Backend constants of the cost model, where they come from, and a flop count of one step.
 
-Defaults are rough measurements (see docs/benchmarks.md for the machines);
-``autopar.calibrate`` may replace them with measurements on the user's machine.
+The planner predicts each candidate's time from a handful of per-backend constants:
+
+====================  ===========================================================================
+constant              meaning (measured by ``autopar.calibrate``)
+====================  ===========================================================================
+``step_overhead``     fixed seconds of one ``lax.scan`` iteration (loop + launch)
+``seq_flops``         flop/s the body of a sequential step reaches on small vectors
+``par_flops``         flop/s of large vectorised work (the step vmapped over T, batched matmuls)
+``level_overhead``    fixed seconds of one level of ``lax.associative_scan``
+``scan_elem_time``    seconds per stored float per step of an associative scan (its memory traffic)
+``bytes_per_s``       streaming memory bandwidth
+``op_overhead``       fixed seconds of each non-fusable op (dot, reduction, gather) in a scan step
+``complex_op_factor`` how much dearer such an op is on complex operands (XLA:CPU: ~6×)
+``parallel_overhead`` fixed seconds of a parallel program beyond its scan (extraction, glue)
+====================  ===========================================================================
+
+Where they come from, first match wins: ``set_constants`` (this process), the
+calibration cache written by ``autopar.calibrate()`` (keyed by backend and
+device kind, in ``cache_dir()``), then ``DEFAULTS``. Reading the cache never
+measures anything: calibration only happens when the user calls ``calibrate``.
+
+``DEFAULTS["cpu"]`` are the medians of several ``autopar.calibrate()`` runs on the 2-core
+development machine (AMD EPYC, ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``); that
+machine was shared and loaded, so each constant is good to perhaps ±30%. The
+GPU/TPU defaults are **not measured here** (no accelerator was available): they
+are published orders of magnitude — a few µs of launch/loop overhead per
+sequential step, TFLOP/s-class vectorised throughput, TB/s-class bandwidth. Run
+``autopar.calibrate()`` on the accelerator to replace them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import platform
+from pathlib import Path
 
 import numpy as np
 
 from . import _compat
 
-__all__ = ["BackendConstants", "DEFAULTS", "constants_for", "step_flops"]
+__all__ = [
+    "BackendConstants",
+    "DEFAULTS",
+    "constants_for",
+    "set_constants",
+    "clear_constants",
+    "cache_dir",
+    "cache_path",
+    "device_key",
+    "load_cached",
+    "save_cached",
+    "default_memory_budget",
+    "step_flops",
+    "step_ops",
+    "TRANSCENDENTAL_FLOPS",
+]
 
 
 @dataclasses.dataclass(frozen=True)
 class BackendConstants:
-    """Per-backend constants of the cost model (seconds, flop/s)."""
+    """Per-backend constants of the cost model (seconds, flop/s, bytes/s)."""
 
     step_overhead: float  # fixed cost of one sequential lax.scan iteration
     seq_flops: float  # flop/s a sequential step achieves on small vectors
     par_flops: float  # flop/s of large vectorised (batched over T) work
     level_overhead: float  # fixed cost of one level of an associative scan
     bytes_per_s: float  # memory bandwidth for streamed arrays
+    scan_elem_time: float = 0.0  # s per stored float per step of an associative scan
+    op_overhead: float = 0.0  # s per non-fusable op (dot, reduction, gather, …) in a sequential step
+    complex_op_factor: float = 1.0  # how much dearer such an op is on complex operands
+    parallel_overhead: float = 0.0  # fixed s of a parallel program (extraction, custom_vjp, glue)
+    source: str = "default"  # "default", "calibrated <date>", "set_constants"
 
     def replace(self, **kw) -> "BackendConstants":
         return dataclasses.replace(self, **kw)
 
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "BackendConstants":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
 
 DEFAULTS = {
-    # measured on the 2-core CI machine (see benchmarks/calibrate output in docs/benchmarks.md)
-    "cpu": BackendConstants(step_overhead=2.0e-7, seq_flops=2.0e9, par_flops=2.0e9, level_overhead=2.0e-5, bytes_per_s=4.0e9),
-    # one kernel launch (or more) per sequential step; massive parallel throughput
-    "gpu": BackendConstants(step_overhead=6.0e-6, seq_flops=1.0e10, par_flops=5.0e12, level_overhead=3.0e-5, bytes_per_s=2.0e12),
-    "tpu": BackendConstants(step_overhead=6.0e-6, seq_flops=1.0e10, par_flops=5.0e12, level_overhead=3.0e-5, bytes_per_s=1.0e12),
+    # Measured by autopar.calibrate() on the 2-core development CPU, single-threaded Eigen.
+    # A cheap cell's lax.scan step costs ~10 ns here: sequential is very hard to beat.
+    "cpu": BackendConstants(step_overhead=4.4e-9, seq_flops=4.2e10, par_flops=7.2e10, level_overhead=4.3e-6,
+                            bytes_per_s=1.5e10, scan_elem_time=1.3e-9, op_overhead=8.5e-8, complex_op_factor=5.0,
+                            parallel_overhead=1.0e-5, source="default (2-core CPU, AMD EPYC)"),
+    # Not measured (no GPU available): published orders of magnitude for a data-centre GPU.
+    # A sequential step is at least one kernel launch (~5 µs); vectorised work runs at tens of
+    # TFLOP/s and ~2 TB/s, so parallel scans win by orders of magnitude at long T.
+    "gpu": BackendConstants(step_overhead=5e-6, seq_flops=1.0e10, par_flops=2.0e13, level_overhead=1.5e-5,
+                            bytes_per_s=2.0e12, scan_elem_time=1.0e-11, op_overhead=5e-6, complex_op_factor=1.0,
+                            parallel_overhead=5e-5, source="default (published GPU orders)"),
+    "tpu": BackendConstants(step_overhead=5e-6, seq_flops=1.0e10, par_flops=5.0e13, level_overhead=1.5e-5,
+                            bytes_per_s=1.0e12, scan_elem_time=2.0e-11, op_overhead=5e-6, complex_op_factor=1.0,
+                            parallel_overhead=5e-5, source="default (published TPU orders)"),
 }
 
 _OVERRIDES: dict[str, BackendConstants] = {}
+_LOADED: dict[tuple[str, str], BackendConstants | None] = {}
 
 
+# ---- cache --------------------------------------------------------------------------
+def cache_dir() -> Path:
+    """Where calibrations are cached: $AUTOPAR_CACHE_DIR, else $XDG_CACHE_HOME/autopar, else ~/.cache/autopar."""
+    if os.environ.get("AUTOPAR_CACHE_DIR"):
+        return Path(os.environ["AUTOPAR_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "autopar"
+
+
+def cache_path() -> Path:
+    return cache_dir() / "constants.json"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_key(backend: str) -> str:
+    """Cache key: backend and device kind (on CPU also the CPU model and core count)."""
+    import jax
+
+    try:
+        dev = jax.devices(backend)[0]
+        kind = str(getattr(dev, "device_kind", backend))
+    except RuntimeError:
+        kind = "unavailable"
+    if backend == "cpu":
+        kind = f"{kind}|{_cpu_model()}|{os.cpu_count()} cores"
+    return f"{backend}|{kind}"
+
+
+def _read_cache() -> dict:
+    try:
+        with open(cache_path()) as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def load_cached(backend: str) -> BackendConstants | None:
+    """Constants ``calibrate()`` cached for this backend and device, or None. Never measures."""
+    key = (str(cache_path()), backend)
+    if key not in _LOADED:
+        entry = _read_cache().get(device_key(backend))
+        try:
+            _LOADED[key] = BackendConstants.from_json(entry) if entry else None
+        except TypeError:
+            _LOADED[key] = None
+    return _LOADED[key]
+
+
+def save_cached(backend: str, constants: BackendConstants) -> Path:
+    """Write ``constants`` to the cache under this backend's device key; returns the file."""
+    path = cache_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = _read_cache()
+    data[device_key(backend)] = constants.to_json()
+    tmp = path.with_suffix(".json.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    _LOADED.pop((str(path), backend), None)
+    return path
+
+
+# ---- lookup -------------------------------------------------------------------------
 def constants_for(backend: str) -> BackendConstants:
+    """The constants the planner uses for ``backend`` (override > calibration cache > default)."""
     if backend in _OVERRIDES:
         return _OVERRIDES[backend]
+    if backend in ("cpu", "gpu", "tpu", "cuda", "rocm"):
+        try:
+            cached = load_cached(backend)
+        except Exception:  # noqa: BLE001 - a broken cache must never break planning
+            cached = None
+        if cached is not None:
+            return cached
+    if backend in ("cuda", "rocm"):
+        backend = "gpu"
     return DEFAULTS.get(backend, DEFAULTS["gpu"])
 
 
 def set_constants(backend: str, constants: BackendConstants) -> None:
+    """Use ``constants`` for ``backend`` in this process (beats the cache and the defaults)."""
     _OVERRIDES[backend] = constants
 
 
+def clear_constants() -> None:
+    """Forget ``set_constants`` overrides and the in-memory copy of the cache."""
+    _OVERRIDES.clear()
+    _LOADED.clear()
+
+
+# ---- memory -------------------------------------------------------------------------
+def _physical_memory() -> float | None:
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def default_memory_budget(backend: str, fraction: float = 0.5) -> float:
+    """``fraction`` of the device's memory (accelerators) or of physical RAM (CPU), in bytes."""
+    import jax
+
+    total = None
+    if backend != "cpu":
+        try:
+            stats = jax.devices(backend)[0].memory_stats() or {}
+            total = stats.get("bytes_limit") or stats.get("bytes_reservable_limit")
+        except Exception:  # noqa: BLE001
+            total = None
+    if total is None:
+        total = _physical_memory()
+    return float("inf") if total is None else fraction * float(total)
+
+
+# ---- flops of one step ----------------------------------------------------------------
+#: Flops charged per element of a transcendental (measured on CPU: a sin costs ~20 adds).
+TRANSCENDENTAL_FLOPS = 20.0
+_TRANSCENDENTAL = frozenset({
+    "exp", "exp2", "log", "log1p", "expm1", "sin", "cos", "tan", "tanh", "logistic", "atan2", "asin",
+    "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "erf", "erfc", "erf_inv", "lgamma",
+    "digamma", "pow", "rsqrt", "sqrt", "cbrt",
+})
+
+
 def step_flops(jaxpr) -> float:
-    """Approximate flops of one evaluation of ``jaxpr`` (elementwise = 1 per output element)."""
+    """Approximate flops of one evaluation of ``jaxpr``.
+
+    dot_general: 2·M·N·K; transcendental elementwise ops: ``TRANSCENDENTAL_FLOPS`` per
+    element; other ops: 1 per element of their largest operand or result.
+    """
     total = 0.0
     jp = jaxpr.jaxpr if isinstance(jaxpr, _compat.ClosedJaxpr) else jaxpr
     for eqn in jp.eqns:
@@ -70,5 +267,67 @@ def step_flops(jaxpr) -> float:
                 total += step_flops(sub_j) * int(eqn.params.get("length", 1) or 1)
         else:
             in_size = max([int(np.prod(a.aval.shape, dtype=np.int64)) for a in eqn.invars if hasattr(a.aval, "shape")] or [0])
-            total += max(out_size, in_size)
+            weight = TRANSCENDENTAL_FLOPS if name in _TRANSCENDENTAL else 1.0
+            total += weight * max(out_size, in_size)
     return float(total)
+
+
+#: Primitives that a sequential step cannot fuse into its elementwise loop: each is a
+#: kernel (or library call) of its own and pays ``op_overhead``.
+_KERNEL_OPS = frozenset({
+    "dot_general", "reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or",
+    "argmax", "argmin", "cumsum", "cumprod", "cummax", "cumlogsumexp", "sort", "gather", "scatter",
+    "scatter-add", "scatter_add", "conv_general_dilated", "fft", "triangular_solve", "cholesky", "lu",
+    "eigh", "qr", "svd", "custom_linear_solve",
+})
+
+
+#: Smaller ops are fused or inlined by XLA (a 4×4 matvec, a sum of 16 numbers) and cost
+#: no more than elementwise work: measured on XLA:CPU, a reduction of 16 floats in a scan
+#: step adds ~10 ns, of 64 floats ~130 ns; a 16×16 matvec ~90 ns, a 4×4 one nothing visible.
+KERNEL_MIN_ELEMS = 64
+KERNEL_MIN_FLOPS = 256
+
+
+def _is_kernel(eqn) -> bool:
+    name = eqn.primitive.name
+    if name not in _KERNEL_OPS:
+        return False
+    sizes = [int(np.prod(a.aval.shape, dtype=np.int64)) for a in eqn.invars if hasattr(a.aval, "shape")]
+    if name == "dot_general":
+        (lc, _), _ = eqn.params["dimension_numbers"]
+        k = int(np.prod([eqn.invars[0].aval.shape[d] for d in lc], dtype=np.int64))
+        out = sum(int(np.prod(v.aval.shape, dtype=np.int64)) for v in eqn.outvars)
+        return 2 * out * max(k, 1) >= KERNEL_MIN_FLOPS
+    return max(sizes or [0]) >= KERNEL_MIN_ELEMS
+
+
+def step_ops(jaxpr) -> tuple[float, float]:
+    """(real, complex) counts of non-fusable ops in one step (see ``_KERNEL_OPS``).
+
+    Only ops big enough not to be fused count (``KERNEL_MIN_ELEMS``, ``KERNEL_MIN_FLOPS``).
+    An op counts as complex when any operand or result is complex.
+    """
+    real = cplx = 0.0
+    jp = jaxpr.jaxpr if isinstance(jaxpr, _compat.ClosedJaxpr) else jaxpr
+    for eqn in jp.eqns:
+        sub = _compat.call_subjaxpr(eqn)
+        if sub is not None:
+            r, c = step_ops(sub)
+            real, cplx = real + r, cplx + c
+            continue
+        name = eqn.primitive.name
+        if name in ("scan", "while", "cond"):
+            n = int(eqn.params.get("length", 1) or 1)
+            for sub_j in _compat.jaxprs_in_params(eqn.params):
+                r, c = step_ops(sub_j)
+                real, cplx = real + n * r + 1, cplx + n * c
+            continue
+        if not _is_kernel(eqn):
+            continue
+        avals = [a.aval for a in list(eqn.invars) + list(eqn.outvars) if hasattr(a.aval, "dtype")]
+        if any(np.issubdtype(a.dtype, np.complexfloating) for a in avals):
+            cplx += 1
+        else:
+            real += 1
+    return real, cplx

@@ -100,15 +100,30 @@ class Report:
         if self.layout.size <= 64 and self.layout.size > 0:
             lines.append("sparsity pattern (rows: new state, cols: state):")
             lines += ["  " + r for r in render_pattern(self.sparsity).splitlines()]
-        lines.append(f"solver: {self.solver}  ({self.plan.reason}); backward: {self.plan.backward}")
+        lines.append(f"solver: {self.solver}  ({self.plan.reason})")
+        breason = getattr(self.plan, "backward_reason", "")
+        lines.append(f"backward: {self.plan.backward}" + (f"  ({breason})" if breason else ""))
         lines.append(f"candidates on {self.plan.backend}:")
-        lines.append(f"  {'solver':<12} {'applies':<8} {'pred. time':>11} {'pred. memory':>13} {'iters':>6}  reason")
+        lines.append(f"  {'solver':<12} {'applies':<8} {'pred. time':>11} {'pred. memory':>13} {'iters':>6} {'depth':>7} {'work':>9}  reason")
         for c in self.candidates:
             mark = "*" if c.chosen else " "
             iters = "—" if math.isnan(c.iterations) else f"{c.iterations:g}"
+            depth = getattr(c, "depth", math.nan)
+            work = getattr(c, "work", math.nan)
+            depth = "—" if math.isnan(depth) else f"{depth:.0f}"
+            work = "—" if math.isnan(work) else f"{work:.2g}"
             lines.append(
-                f"{mark} {c.solver:<12} {str(c.applies):<8} {_fmt_time(c.time):>11} {_fmt_bytes(c.memory):>13} {iters:>6}  {c.reason}"
+                f"{mark} {c.solver:<12} {str(c.applies):<8} {_fmt_time(c.time):>11} {_fmt_bytes(c.memory):>13} {iters:>6} {depth:>7} {work:>9}  {c.reason}"
             )
+        budget = getattr(self.plan, "memory_budget", None)
+        K = getattr(self.plan, "constants", None)
+        foot = []
+        if budget is not None:
+            foot.append(f"memory budget {_fmt_bytes(budget)}")
+        if K is not None:
+            foot.append(f"constants: {K.source}")
+        if foot:
+            lines.append("  (" + "; ".join(foot) + ")")
         return "\n".join(lines)
 
     def _repr_markdown_(self) -> str:
@@ -125,7 +140,7 @@ class Report:
             raise ImportError("report.plot() needs matplotlib: pip install 'autopar[plot]'") from e
         if ax is None:
             _, ax = plt.subplots(figsize=(4, 4))
-        ax.imshow(self.sparsity, cmap="Greys", interpolation="nearest")
+        ax.imshow(self.sparsity, cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"{self.name}: {self.structure.describe()}")
         ax.set_xlabel("state j")
         ax.set_ylabel("new state i")

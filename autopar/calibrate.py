@@ -1,0 +1,212 @@
+r"""``autopar.calibrate()``: measure the cost model's constants on this machine and cache them.
+
+Micro-benchmarks of a few milliseconds each, blocked until ready; each reports the
+*minimum* over repeats (other processes only ever add time, so the minimum is the
+steadiest estimate of a program's own cost on a shared machine):
+
+1. ``step_overhead`` — per-step time of ``lax.scan`` over ``h ← a·h + x`` with D = 1
+   (all loop overhead, no work).
+2. ``bytes_per_s`` — a streamed ``a·x + b`` over 2²² floats (3 arrays read/written).
+3. ``seq_flops`` — ``lax.scan`` over ``h ← tanh(W h + x)``, D = 64:
+   step_flops / (per-step time − overhead).
+4. ``par_flops`` — a batched matmul (T, D) @ (D, D), the shape of a step vmapped over time.
+5. ``level_overhead``, ``scan_elem_time`` — a hand-written diagonal ``lax.associative_scan``
+   at a short, narrow size (overhead-bound, T = 256, D = 1) and a wider one (T = 4096,
+   D = 16, where CPU crossovers happen); net of the fixed cost of dispatching a jitted
+   call, the two timings solve  t = levels(T)·level_overhead + T·(2D)·scan_elem_time.
+6. ``op_overhead``, ``complex_op_factor`` — ``lax.scan`` over ``a·h + x B`` (D = 16) minus
+   the same without the matmul, in float32 and in complex64.
+7. ``parallel_overhead`` — autopar's linear solver on a tiny affine cell minus the
+   hand-written scan of the same size (extraction, glue, custom_vjp).
+
+Results are written to ``autopar.costs.cache_path()`` under the key
+``costs.device_key(backend)`` and used by every later plan in any process on this
+machine. The planner only *reads* that cache; it never calibrates by itself.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import costs
+
+__all__ = ["calibrate"]
+
+
+def _time(fn, *args, repeats: int = 5, min_time: float = 0.01) -> float:
+    jax.block_until_ready(fn(*args))  # compile
+    out = []
+    for _ in range(repeats):
+        n, t0 = 0, time.perf_counter()
+        while True:
+            jax.block_until_ready(fn(*args))
+            n += 1
+            dt = time.perf_counter() - t0
+            if dt >= min_time:
+                break
+        out.append(dt / n)
+    return min(out)
+
+
+def _scan_per_step(cell, D: int, T: int, backend: str, repeats: int, dtype=jnp.float32) -> float:
+    dev = jax.devices(backend)[0]
+    h0 = jax.device_put(jnp.zeros((D,), dtype), dev)
+    xs = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal((T, D)), jnp.float32), dev)
+
+    @jax.jit
+    def run(h0, xs):
+        def body(h, x):
+            h = cell(h, x)
+            return h, h
+
+        return jax.lax.scan(body, h0, xs)[1]
+
+    return _time(run, h0, xs, repeats=repeats) / T
+
+
+def _assoc_scan_time(T: int, D: int, backend: str, repeats: int) -> float:
+    dev = jax.devices(backend)[0]
+    rng = np.random.default_rng(1)
+    a = jax.device_put(jnp.asarray(rng.uniform(0.5, 0.99, (T, D)), jnp.float32), dev)
+    b = jax.device_put(jnp.asarray(rng.standard_normal((T, D)), jnp.float32), dev)
+
+    @jax.jit
+    def run(a, b):
+        return jax.lax.associative_scan(lambda e1, e2: (e2[0] * e1[0], e2[0] * e1[1] + e2[1]), (a, b))[1]
+
+    return _time(run, a, b, repeats=repeats)
+
+
+def _parallel_overhead(backend: str, repeats: int) -> float:
+    from .api import parallelize
+
+    T, D = 64, 4
+    dev = jax.devices(backend)[0]
+    a = jax.device_put(jnp.full((D,), 0.9, jnp.float32), dev)
+    h0 = jax.device_put(jnp.zeros((D,), jnp.float32), dev)
+    xs = jax.device_put(jnp.ones((T, D), jnp.float32), dev)
+    lin = parallelize(lambda h, x: a * h + x, solver="linear")
+
+    @jax.jit
+    def hand(h0, xs):
+        A = jnp.broadcast_to(a, xs.shape)
+        b = xs.at[0].add(a * h0)
+        return jax.lax.associative_scan(lambda e1, e2: (e2[0] * e1[0], e2[0] * e1[1] + e2[1]), (A, b))[1]
+
+    with jax.default_device(dev):
+        t_lin = _time(lin, h0, xs, repeats=repeats)
+    t_hand = _time(hand, h0, xs, repeats=repeats)
+    return max(t_lin - t_hand, 0.0)
+
+
+def _levels(T: int) -> int:
+    return 2 * math.ceil(math.log2(T)) if T > 1 else 1
+
+
+def _inside_trace() -> bool:
+    return isinstance(jnp.zeros(()), jax.core.Tracer)
+
+
+def calibrate(backend: str | None = None, *, save: bool = True, repeats: int = 7,
+              verbose: bool = False) -> costs.BackendConstants:
+    """Measure the cost model's constants on ``backend`` (default: JAX's default backend).
+
+    Takes a few seconds. With ``save=True`` (default) the result is cached in
+    ``autopar.costs.cache_path()`` keyed by backend and device kind, and every later
+    plan on this machine uses it. Returns the measured ``BackendConstants``.
+
+    Call it once, outside ``jax.jit`` — autopar never calibrates on its own.
+    """
+    if _inside_trace():
+        raise RuntimeError(
+            "autopar.calibrate() was called inside a traced function (jax.jit/vmap/grad). "
+            "It runs micro-benchmarks and must be called eagerly, once, e.g. at the top of a script."
+        )
+    backend = backend or jax.default_backend()
+    try:
+        dev = jax.devices(backend)[0]
+    except RuntimeError as e:
+        raise ValueError(f"`backend={backend!r}` is not available here ({e}). Available: {jax.default_backend()!r}.") from e
+    log = print if verbose else (lambda *a, **k: None)
+
+    # 1. loop overhead of one sequential step
+    T1 = 1 << 15
+    step_overhead = _scan_per_step(lambda h, x: 0.5 * h + x, 1, T1, backend, repeats)
+    log(f"step_overhead  {step_overhead:.3g} s")
+
+    # 2. streaming bandwidth
+    n = 1 << 21
+    x = jax.device_put(jnp.ones((n,), jnp.float32), dev)
+    y = jax.device_put(jnp.ones((n,), jnp.float32), dev)
+    t_bw = _time(jax.jit(lambda x, y: 1.5 * x + y), x, y, repeats=repeats)
+    bytes_per_s = 3 * n * 4 / t_bw
+    log(f"bytes_per_s    {bytes_per_s:.3g} B/s")
+
+    # 3. sequential flop rate on a small dense cell
+    D = 64
+    W = jax.device_put(jnp.asarray(np.random.default_rng(2).standard_normal((D, D)) / np.sqrt(D), jnp.float32), dev)
+    cell = lambda h, x: jnp.tanh(W @ h + x)  # noqa: E731
+    fl = costs.step_flops(jax.make_jaxpr(cell)(jnp.zeros((D,), jnp.float32), jnp.zeros((D,), jnp.float32)))
+    per = _scan_per_step(cell, D, 1 << 12, backend, repeats)
+    seq_flops = fl / max(per - step_overhead, 0.1 * per)
+    log(f"seq_flops      {seq_flops:.3g} flop/s")
+
+    # 4. vectorised flop rate: a step vmapped over time is a (T, D) @ (D, D) matmul
+    Tm = 1 << 12
+    H = jax.device_put(jnp.ones((Tm, D), jnp.float32), dev)
+    t_mm = _time(jax.jit(lambda H, W: jnp.tanh(H @ W)), H, W, repeats=repeats)
+    par_flops = (2.0 * Tm * D * D + costs.TRANSCENDENTAL_FLOPS * Tm * D) / t_mm
+    log(f"par_flops      {par_flops:.3g} flop/s")
+
+    # 5. associative scan: per-level overhead and per-element traffic (net of the fixed cost
+    #    of dispatching any jitted call, which every contender pays alike)
+    tiny = jax.device_put(jnp.ones((4,), jnp.float32), dev)
+    dispatch = _time(jax.jit(lambda v: v + 1), tiny, repeats=repeats)
+    Ts, Ds = 1 << 8, 1
+    Tl, Dl = 1 << 12, 16
+    ts = max(_assoc_scan_time(Ts, Ds, backend, repeats) - dispatch, 1e-9)
+    tl = max(_assoc_scan_time(Tl, Dl, backend, repeats) - dispatch, 1e-9)
+    # t = L·levels(T) + E·T·2D; solve the 2×2 system, keeping both non-negative.
+    A = np.array([[_levels(Ts), Ts * 2 * Ds], [_levels(Tl), Tl * 2 * Dl]], float)
+    L, E = np.linalg.solve(A, np.array([ts, tl]))
+    if L <= 0 or E <= 0:
+        L = max(L, ts / (2 * _levels(Ts)))
+        E = max((tl - L * _levels(Tl)) / (Tl * 2 * Dl), tl / (4 * Tl * 2 * Dl))
+    log(f"level_overhead {L:.3g} s, scan_elem_time {E:.3g} s")
+
+    # 6. fixed cost of a non-fusable op (a small matmul) inside a sequential step
+    Do, To = 16, 1 << 13
+    per_op = {}
+    for dt in (jnp.float32, jnp.complex64):
+        a = jax.device_put(jnp.full((Do,), 0.9, dt), dev)
+        Bm = jax.device_put(jnp.asarray(np.random.default_rng(3).standard_normal((Do, Do)), dt), dev)
+        cplx = 4.0 if dt == jnp.complex64 else 1.0
+        with_dot = _scan_per_step(lambda h, x: a * h + x.astype(dt) @ Bm, Do, To, backend, repeats, dt)
+        without = _scan_per_step(lambda h, x: a * h + x.astype(dt), Do, To, backend, repeats, dt)
+        per_op[dt] = max(with_dot - without - cplx * 2 * Do * Do / seq_flops, 0.0)
+    op_overhead = per_op[jnp.float32]
+    complex_op_factor = max(per_op[jnp.complex64] / op_overhead, 1.0) if op_overhead > 0 else 1.0
+    log(f"op_overhead    {op_overhead:.3g} s, complex_op_factor {complex_op_factor:.3g}")
+
+    # 7. fixed cost of autopar's parallel program beyond the bare scan
+    parallel_overhead = _parallel_overhead(backend, repeats)
+    log(f"parallel_overhead {parallel_overhead:.3g} s")
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    out = costs.BackendConstants(
+        step_overhead=float(step_overhead), seq_flops=float(seq_flops), par_flops=float(par_flops),
+        level_overhead=float(L), bytes_per_s=float(bytes_per_s), scan_elem_time=float(E),
+        op_overhead=float(op_overhead), complex_op_factor=float(complex_op_factor),
+        parallel_overhead=float(parallel_overhead),
+        source=f"calibrated {stamp} on {costs.device_key(backend)}",
+    )
+    if save:
+        path = costs.save_cached(backend, out)
+        log(f"saved to {path}")
+    return out

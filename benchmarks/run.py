@@ -1,0 +1,326 @@
+"""The benchmark suite: one command, a markdown table, optional plots.
+
+    python -m benchmarks.run --quick                 # seconds-scale smoke run
+    python -m benchmarks.run --out results.md --json results.json --plots docs/img
+    python -m benchmarks.run --grad                  # also forward+gradient timings
+
+For each cell (diagonal linear SSM, LRU, diagonal GRU, dense GRU, LSTM, DeltaNet)
+and each T, every contender is timed side by side in one run (interleaved rounds,
+blocked until ready, compile excluded, median): ``lax.scan``, a hand-written
+associative scan (affine cells), autopar ``auto`` and autopar with every solver
+forced that applies. Solvers that are registered but do not apply, and public
+solver names not available in this version, are listed as notes instead of rows.
+
+It also checks issue 2's targets on the diagonal cell ``h ← a ⊙ h + x`` (D = 16):
+forced ``linear`` within 1.15× of the hand-written scan, and ``auto`` within 1.25×
+of the faster of ``sequential`` and ``linear``.
+
+Time: ``--quick`` takes well under a minute on a 2-core CPU; the full run takes longer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+if __package__ in (None, ""):  # `python benchmarks/run.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    __package__ = "benchmarks"
+
+import autopar  # noqa: E402
+from autopar.solvers import SOLVER_NAMES, solver_names  # noqa: E402
+
+from .cells import CELLS, make_cell  # noqa: E402
+from .common import machine_description, side_by_side  # noqa: E402
+
+QUICK_T = (256, 4096)
+FULL_T = (256, 1024, 4096, 16384, 65536)
+
+
+def _scan_fn(cell):
+    @jax.jit
+    def run(h0, xs):
+        def body(h, x):
+            h = cell(h, x)
+            return h, h
+
+        return jax.lax.scan(body, h0, xs)[1]
+
+    return run
+
+
+def contenders(cell, h0, xs, hand, skip=()):
+    """name -> zero-arg callable, plus the auto report, notes and per-solver iteration counts."""
+    fns = {"lax.scan": (lambda f=_scan_fn(cell): f(h0, xs))}
+    if hand is not None:
+        hj = jax.jit(hand)
+        fns["hand"] = lambda: hj(h0, xs)
+    auto = autopar.parallelize(cell)
+    report = auto.explain(h0, xs)
+    fns["auto"] = lambda: auto(h0, xs)
+    notes, iters = [], {}
+    for row in report.candidates:
+        if not row.applies:
+            notes.append(f"{row.solver}: does not apply ({row.reason})")
+            continue
+        if row.solver in skip:
+            notes.append(f"{row.solver}: skipped (--skip)")
+            continue
+        f = autopar.parallelize(cell, solver=row.solver)
+        fns[row.solver] = (lambda f=f: f(h0, xs))
+        _, info = f(h0, xs, return_info=True)
+        iters[row.solver] = int(np.asarray(info.iterations))
+    missing = [n for n in SOLVER_NAMES if n != "auto" and n not in solver_names()]
+    if missing:
+        notes.append(f"not available in this version: {', '.join(missing)}")
+    return fns, report, notes, iters
+
+
+def grad_contenders(cell, h0, xs):
+    """Forward + gradient (w.r.t. h0 and xs) of sum(hs²): lax.scan backprop vs autopar's adjoints."""
+    def loss_of(run):
+        return jax.jit(jax.grad(lambda h0, xs: jnp.sum(jnp.abs(jnp.stack(jax.tree_util.tree_leaves(run(h0, xs)))) ** 2),
+                                argnums=(0, 1)))
+
+    fns = {"lax.scan": loss_of(_scan_fn(cell))}
+    auto = autopar.parallelize(cell)
+    fns["auto"] = loss_of(auto)
+    for bw in ("sequential", "linear"):
+        try:
+            p = autopar.parallelize(cell, backward=bw)
+            p.explain(h0, xs)
+            fns[f"backward={bw}"] = loss_of(p)
+        except ValueError:
+            pass
+    report = auto.explain(h0, xs)
+    return {k: (lambda f=f: f(h0, xs)) for k, f in fns.items()}, report
+
+
+def run_suite(cells, Ts, D, repeats, min_time, grad=False, log=print, stat="median", skip=()):
+    results = []
+    for name in cells:
+        for T in Ts:
+            cell, h0, x_fn, hand = make_cell(name, D)
+            xs = x_fn(T)
+            fns, report, notes, iters = contenders(cell, h0, xs, hand, skip)
+            times = side_by_side(fns, repeats=repeats, min_time=min_time, stat=stat)
+            forced = {k: v for k, v in times.items() if k not in ("lax.scan", "hand", "auto")}
+            best = min(forced, key=forced.get)
+            twin = min(times["auto"], forced.get(report.solver, math.inf))
+            rec = dict(cell=name, T=T, D=D, kind="forward", structure=report.structure.describe(),
+                       degree=report.degree, choice=report.solver, backward=report.plan.backward,
+                       times=dict(times), predicted={c.solver: c.time for c in report.candidates if c.applies},
+                       iterations=iters, best_forced=best, regret=twin / forced[best],
+                       regret_raw=times["auto"] / forced[best], notes=notes)
+            results.append(rec)
+            log(_line(rec))
+            if grad:
+                gfns, greport = grad_contenders(cell, h0, xs)
+                gt = side_by_side(gfns, repeats=repeats, min_time=min_time, stat=stat)
+                gforced = {k: v for k, v in gt.items() if k.startswith("backward=")}
+                gbest = min(gforced, key=gforced.get) if gforced else "auto"
+                gtwin = min(gt["auto"], gforced.get(f"backward={greport.plan.backward}", math.inf))
+                grec = dict(cell=name, T=T, D=D, kind="gradient", structure=greport.structure.describe(),
+                            degree=greport.degree, choice=greport.solver, backward=greport.plan.backward,
+                            times=dict(gt), predicted={}, iterations={}, best_forced=gbest,
+                            regret=gtwin / gforced.get(gbest, gt["auto"]),
+                            regret_raw=gt["auto"] / gforced.get(gbest, gt["auto"]), notes=[])
+                results.append(grec)
+                log(_line(grec))
+    return results
+
+
+def _line(r):
+    ts = ", ".join(f"{k} {v * 1e3:.3g}" for k, v in r["times"].items())
+    return (f"{r['cell']:>10} T={r['T']:<6} {r['kind']:<8} choice={r['choice']}/{r['backward']}  ms: {ts}  "
+            f"regret {r['regret']:.2f}")
+
+
+def core_targets(T, D, repeats, min_time, stat="median"):
+    """Issue 2: linear vs hand-written scan, auto vs min(sequential, linear) on h ← a ⊙ h + x."""
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.uniform(0.5, 0.99, D), jnp.float32)
+    xs = jnp.asarray(rng.standard_normal((T, D)), jnp.float32)
+    h0 = jnp.zeros(D, jnp.float32)
+
+    def cell(h, x):
+        return a * h + x
+
+    @jax.jit
+    def hand(h0, xs):
+        A = jnp.broadcast_to(a, xs.shape)
+        b = xs.at[0].add(a * h0)
+        return jax.lax.associative_scan(lambda e1, e2: (e2[0] * e1[0], e2[0] * e1[1] + e2[1]), (A, b))[1]
+
+    lin = autopar.parallelize(cell, solver="linear")
+    seq = autopar.parallelize(cell, solver="sequential")
+    auto = autopar.parallelize(cell)
+    t = side_by_side({"hand": lambda: hand(h0, xs), "linear": lambda: lin(h0, xs),
+                      "sequential": lambda: seq(h0, xs), "auto": lambda: auto(h0, xs),
+                      "lax.scan": (lambda f=_scan_fn(cell): f(h0, xs))}, repeats=repeats, min_time=min_time,
+                     stat=stat)
+    return dict(T=T, D=D, times=dict(t), linear_vs_hand=t["linear"] / t["hand"],
+                auto_vs_best=t["auto"] / min(t["sequential"], t["linear"]), choice=auto.explain(h0, xs).solver)
+
+
+def markdown(results, core, machine, stat="median"):
+    out = [f"Machine: {machine}", "", f"Statistic: {stat} over repeats, contenders interleaved in one run.", ""]
+    for kind in ("forward", "gradient"):
+        rows = [r for r in results if r["kind"] == kind]
+        if not rows:
+            continue
+        names = []
+        for r in rows:
+            names += [k for k in r["times"] if k not in names]
+        out.append(f"### {kind} (ms; side by side in one run)")
+        out.append("")
+        out.append("| cell | T | structure | " + " | ".join(names) + " | auto chose | auto / best forced | auto / lax.scan |")
+        out.append("|---" * (len(names) + 6) + "|")
+        for r in rows:
+            cells = [f"{r['times'][k] * 1e3:.3g}" if k in r["times"] else "—" for k in names]
+            out.append(f"| {r['cell']} | {r['T']} | {r['structure']} | " + " | ".join(cells)
+                       + f" | {r['choice']} / {r['backward']} | {r['regret']:.2f} ({r['regret_raw']:.2f}) "
+                       f"| {r['times']['auto'] / r['times']['lax.scan']:.2f} |")
+        out.append("")
+    out.append("auto / best forced: auto's program is the same program as the forced solver it chose; the")
+    out.append("ratio uses the faster of those two timings (in parentheses: auto's own timing), so that the")
+    out.append("noise between two identical programs is not counted as regret.")
+    out.append("")
+    iters = [(r["cell"], r["T"], r["iterations"]) for r in results if r["iterations"]]
+    if iters:
+        out.append("### iterations per solver")
+        out.append("")
+        for c, T, it in iters:
+            out.append(f"- {c}, T={T}: " + ", ".join(f"{k} {v}" for k, v in it.items()))
+        out.append("")
+    notes = sorted({f"{r['cell']}: {n}" for r in results for n in r["notes"]})
+    if notes:
+        out.append("### notes")
+        out.append("")
+        out += [f"- {n}" for n in notes]
+        out.append("")
+    if core:
+        t = core["times"]
+        out.append(f"### issue 2 targets (h ← a ⊙ h + x, T = {core['T']}, D = {core['D']})")
+        out.append("")
+        out.append("| " + " | ".join(t) + " |")
+        out.append("|---" * len(t) + "|")
+        out.append("| " + " | ".join(f"{v * 1e3:.3g} ms" for v in t.values()) + " |")
+        out.append("")
+        out.append(f"- linear / hand-written scan = {core['linear_vs_hand']:.2f} (target ≤ 1.15)")
+        out.append(f"- auto ({core['choice']}) / min(sequential, linear) = {core['auto_vs_best']:.2f} (target ≤ 1.25)")
+        out.append("")
+    worst = max((r for r in results), key=lambda r: r["regret"], default=None)
+    if worst:
+        out.append(f"Worst auto / best forced: {worst['regret']:.2f} ({worst['cell']}, T={worst['T']}, {worst['kind']})")
+    return "\n".join(out)
+
+
+def plots(results, outdir):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        print("matplotlib not installed: no plots (pip install 'autopar[plot]')")
+        return []
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for kind in ("forward", "gradient"):
+        for cell in dict.fromkeys(r["cell"] for r in results if r["kind"] == kind):
+            rows = [r for r in results if r["cell"] == cell and r["kind"] == kind]
+            if len(rows) < 2:
+                continue
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            names = dict.fromkeys(k for r in rows for k in r["times"])
+            for n in names:
+                pts = [(r["T"], r["times"][n]) for r in rows if n in r["times"]]
+                ax.loglog([p[0] for p in pts], [p[1] * 1e3 for p in pts], marker="o",
+                          linestyle="--" if n in ("lax.scan", "hand") else "-", label=n)
+            Ts = sorted({r["T"] for r in rows})
+            ax.set_xticks(Ts)
+            ax.set_xticklabels([str(t) for t in Ts])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_xlabel("T")
+            ax.set_ylabel("time (ms)")
+            ax.set_title(f"{cell} ({kind}, D={rows[0]['D']})")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            path = outdir / f"{cell}-{kind}.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            files.append(path)
+    return files
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small T, few repeats (a smoke run)")
+    ap.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated subset of {','.join(CELLS)}")
+    ap.add_argument("--T", default=None, help="comma-separated lengths")
+    ap.add_argument("--D", type=int, default=16, help="state size (DeltaNet: d×d with d = √D)")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--grad", action="store_true", help="also time forward + gradient")
+    ap.add_argument("--skip", default="", help="comma-separated solvers not to force (e.g. elk,quasi-elk)")
+    ap.add_argument("--stat", choices=("median", "min"), default="median",
+                    help="statistic over repeats (min is steadier on a shared machine)")
+    ap.add_argument("--core-T", type=int, default=None, help="T of the issue 2 targets (default 65536; quick 8192)")
+    ap.add_argument("--no-core", action="store_true", help="skip the issue 2 targets")
+    ap.add_argument("--out", default=None, help="write the markdown table here")
+    ap.add_argument("--json", default=None, help="write raw results here")
+    ap.add_argument("--plots", default=None, help="write PNG plots into this folder (needs matplotlib)")
+    ap.add_argument("--from-json", default=None, help="re-render table and plots from a --json file; no timing")
+    args = ap.parse_args(argv)
+    if args.from_json:
+        data = json.loads(Path(args.from_json).read_text())
+        md = markdown(data["results"], data.get("core"), data["machine"], args.stat)
+        print(md)
+        if args.out:
+            Path(args.out).write_text(md + "\n")
+        for f in plots(data["results"], args.plots) if args.plots else []:
+            print(f"wrote {f}")
+        return data["results"], data.get("core")
+
+    Ts = tuple(int(t) for t in args.T.split(",")) if args.T else (QUICK_T if args.quick else FULL_T)
+    repeats = args.repeats or (3 if args.quick else 7)
+    min_time = 0.005 if args.quick else 0.05
+    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    for c in cells:
+        if c not in CELLS:
+            ap.error(f"unknown cell {c!r}; choose from {', '.join(CELLS)}")
+    machine = machine_description()
+    print(f"# autopar benchmarks — {machine}")
+    skip = tuple(x.strip() for x in args.skip.split(",") if x.strip())
+    results = run_suite(cells, Ts, args.D, repeats, min_time, grad=args.grad, stat=args.stat, skip=skip)
+    core = None
+    if not args.no_core:
+        core = core_targets(args.core_T or (8192 if args.quick else 65536), 16, repeats, min_time, args.stat)
+        print(f"issue 2 targets: linear/hand {core['linear_vs_hand']:.2f} (≤1.15), "
+              f"auto/min(seq,linear) {core['auto_vs_best']:.2f} (≤1.25)")
+    md = markdown(results, core, machine, args.stat)
+    print()
+    print(md)
+    if args.out:
+        Path(args.out).write_text(md + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(dict(machine=machine, results=results, core=core), indent=1,
+                                              default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o)))
+    if args.plots:
+        for f in plots(results, args.plots):
+            print(f"wrote {f}")
+    return results, core
+
+
+if __name__ == "__main__":
+    main()

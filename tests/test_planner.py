@@ -1,0 +1,332 @@
+"""The planner: applicability, the cost model's choices, the memory budget, the calibration cache."""
+
+import json
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import autopar
+from autopar import costs, plan as plan_mod, trace
+from autopar.passes import analyse
+from autopar.solvers import Solver, base as solvers_base, solver_names
+from tests.oracle import assert_trees_close, scan_states
+
+
+@pytest.fixture(autouse=True)
+def _isolated_constants(tmp_path, monkeypatch):
+    """Every test plans with the built-in defaults and a private, empty calibration cache."""
+    monkeypatch.setenv("AUTOPAR_CACHE_DIR", str(tmp_path / "cache"))
+    costs.clear_constants()
+    yield
+    costs.clear_constants()
+
+
+def _analysed(cell, h0, xs):
+    rec = trace.trace_cell(cell, h0, xs)
+    return rec, analyse(rec)
+
+
+def diag_affine(D=16, T=4096, dtype=jnp.float32):
+    a = jnp.linspace(0.5, 0.99, D).astype(dtype)
+    xs = jnp.ones((T, D), dtype)
+    return (lambda h, x: a * h + x), jnp.zeros(D, dtype), xs
+
+
+def tanh_dense(D=8, T=64):
+    W = jnp.asarray(np.random.default_rng(0).standard_normal((D, D)) / np.sqrt(D), jnp.float32)
+    return (lambda h, x: jnp.tanh(h @ W + x)), jnp.zeros(D, jnp.float32), jnp.ones((T, D), jnp.float32)
+
+
+# ---- forced solvers -------------------------------------------------------------------
+def test_forced_solver_that_does_not_apply_raises_clearly():
+    cell, h0, xs = tanh_dense()
+    rec, facts = _analysed(cell, h0, xs)
+    with pytest.raises(ValueError, match=r"solver='linear' does not apply.*not affine.*solver='auto'"):
+        plan_mod.make_plan(rec, facts, "linear")
+    with pytest.raises(ValueError, match="does not apply"):
+        autopar.parallelize(cell, solver="linear")(h0, xs)
+
+
+def test_unknown_solver_names_the_available_ones():
+    cell, h0, xs = diag_affine(T=8)
+    rec, facts = _analysed(cell, h0, xs)
+    with pytest.raises(ValueError, match=r"unknown solver 'nope'.*Available: auto, "):
+        plan_mod.make_plan(rec, facts, "nope")
+
+
+def test_forced_solver_is_used_and_matches_scan():
+    cell, h0, xs = diag_affine(D=4, T=33, dtype=jnp.float64)
+    xs = xs * jnp.arange(33.0)[:, None]
+    for name in ("linear", "sequential"):
+        fn = autopar.parallelize(cell, solver=name)
+        assert fn.explain(h0, xs).solver == name
+        assert fn.explain(h0, xs).plan.forced
+        assert_trees_close(fn(h0, xs), scan_states(cell, h0, xs))
+
+
+# ---- auto never picks what does not apply -----------------------------------------------
+class _CheapButNeverApplies(Solver):
+    name = "test-never"
+
+    def applies(self, facts, rec):
+        return False, "test solver that never applies"
+
+    def predict_cost(self, facts, rec, K):
+        return 0.0, 0.0, 1.0
+
+
+class _CheapButHuge(Solver):
+    name = "test-huge"
+
+    def applies(self, facts, rec):
+        return True, "test solver: free but enormous"
+
+    def predict_cost(self, facts, rec, K):
+        return 0.0, 1e30, 1.0
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+@pytest.mark.parametrize("which", ["affine", "dense", "complex-mixed"])
+def test_auto_never_picks_a_solver_that_does_not_apply(monkeypatch, backend, which):
+    monkeypatch.setitem(solvers_base._SOLVERS, "test-never", _CheapButNeverApplies())
+    if which == "affine":
+        cell, h0, xs = diag_affine(T=1 << 16)
+    elif which == "dense":
+        cell, h0, xs = tanh_dense(T=1 << 16)
+    else:  # real and complex leaves together: parallel solvers decline
+        cell = lambda h, x: (0.5 * h[0] + x, 0.5j * h[1] + x)  # noqa: E731
+        h0, xs = (jnp.zeros(3, jnp.float32), jnp.zeros(3, jnp.complex64)), jnp.ones((1 << 16, 3), jnp.float32)
+    rec, facts = _analysed(cell, h0, xs)
+    p = plan_mod.make_plan(rec, facts, backend=backend)
+    chosen = [c for c in p.candidates if c.chosen]
+    assert len(chosen) == 1 and chosen[0].solver == p.solver
+    assert chosen[0].applies, p.candidates
+    assert p.solver != "test-never"
+    if which == "complex-mixed" or (which == "dense" and backend == "cpu"):
+        assert p.solver == "sequential"
+
+
+# ---- the cost model's choices ------------------------------------------------------------
+def test_gpu_constants_pick_linear_for_a_long_diagonal_affine_cell():
+    cell, h0, xs = diag_affine(T=1 << 16)
+    rec, facts = _analysed(cell, h0, xs)
+    p = plan_mod.make_plan(rec, facts, backend="gpu")
+    assert p.solver == "linear", p.reason
+    assert p.backward == "linear"
+    rows = {c.solver: c for c in p.candidates}
+    assert rows["linear"].time < rows["sequential"].time / 10  # a launch per step vs log-depth
+    assert rows["linear"].depth < rows["sequential"].depth
+
+
+def test_cpu_constants_keep_a_cheap_cell_sequential():
+    """Measured on the 2-core CPU: lax.scan of h ← a·h + x (D = 16) is ~2× faster than any scan."""
+    cell, h0, xs = diag_affine(T=1 << 16)
+    rec, facts = _analysed(cell, h0, xs)
+    p = plan_mod.make_plan(rec, facts, backend="cpu")
+    assert p.solver == "sequential", p.reason
+    assert "predicted fastest on cpu" in p.reason
+
+
+def test_predictions_grow_with_T_and_depth_is_logarithmic():
+    def rows(T):
+        cell, h0, xs = diag_affine(T=T)
+        rec, facts = _analysed(cell, h0, xs)
+        return {c.solver: c for c in plan_mod.make_plan(rec, facts, backend="gpu").candidates}
+
+    short, long = rows(1 << 10), rows(1 << 16)
+    for name in ("sequential", "linear"):
+        assert long[name].time > short[name].time
+        assert long[name].memory == pytest.approx(64 * short[name].memory)
+    assert long["sequential"].depth == 1 << 16
+    assert long["linear"].depth == plan_mod.levels(1 << 16) == 32
+
+
+def test_newton_family_prediction_scales_with_predicted_iterations(monkeypatch):
+    class FakeNewton(Solver):
+        name = "test-newton"
+        n = 3.0
+
+        def applies(self, facts, rec):
+            return True, "fake"
+
+        def predict_iterations(self, facts, rec):
+            return self.n
+
+    s = FakeNewton()
+    monkeypatch.setitem(solvers_base._SOLVERS, "test-newton", s)
+    cell, h0, xs = tanh_dense(T=1024)
+    rec, facts = _analysed(cell, h0, xs)
+    K = costs.constants_for("gpu")
+    t3 = plan_mod.predict("test-newton", facts, rec, K)
+    s.n = 6.0
+    t6 = plan_mod.predict("test-newton", facts, rec, K)
+    assert t3.iterations == 3.0 and t6.iterations == 6.0
+    assert t6.time - K.parallel_overhead == pytest.approx(2 * (t3.time - K.parallel_overhead))
+    row = next(c for c in plan_mod.make_plan(rec, facts, backend="gpu").candidates if c.solver == "test-newton")
+    assert row.iterations == 6.0
+
+
+def test_backward_choice_and_override():
+    cell, h0, xs = diag_affine(T=1 << 16)
+    rec, facts = _analysed(cell, h0, xs)
+    assert plan_mod.make_plan(rec, facts, backend="gpu").backward == "linear"
+    p = plan_mod.make_plan(rec, facts, backend="gpu", options={"backward": "sequential"})
+    assert p.backward == "sequential" and "forced" in p.backward_reason
+    with pytest.raises(ValueError, match="`backward` must be"):
+        plan_mod.make_plan(rec, facts, options={"backward": "sideways"})
+
+
+# ---- memory budget ------------------------------------------------------------------------
+def test_memory_budget_excludes_solvers_that_do_not_fit():
+    cell, h0, xs = diag_affine(T=1 << 16)
+    rec, facts = _analysed(cell, h0, xs)
+    rows = {c.solver: c for c in plan_mod.make_plan(rec, facts, backend="gpu").candidates}
+    budget = (rows["sequential"].memory + rows["linear"].memory) / 2  # sequential fits, linear does not
+    assert rows["sequential"].memory < budget < rows["linear"].memory
+    p = plan_mod.make_plan(rec, facts, backend="gpu", options={"memory_budget": budget})
+    assert p.solver == "sequential"
+    assert p.backward == "sequential"  # the linear adjoint does not fit either
+    lin = next(c for c in p.candidates if c.solver == "linear")
+    assert not lin.within_budget and "exceeds memory_budget" in lin.reason
+    for c in p.candidates:
+        if c.chosen:
+            assert c.memory <= budget
+
+
+def test_memory_budget_beats_a_free_but_huge_solver(monkeypatch):
+    monkeypatch.setitem(solvers_base._SOLVERS, "test-huge", _CheapButHuge())
+    cell, h0, xs = diag_affine(T=256)
+    rec, facts = _analysed(cell, h0, xs)
+    p = plan_mod.make_plan(rec, facts)  # default budget: a fraction of RAM, far below 1e30 B
+    assert p.solver != "test-huge"
+    assert math.isfinite(p.memory_budget) and p.memory_budget > 0
+    with pytest.warns(UserWarning, match="more than memory_budget"):
+        q = plan_mod.make_plan(rec, facts, "test-huge")
+    assert q.solver == "test-huge" and q.forced
+
+
+def test_memory_budget_validation():
+    cell, h0, xs = diag_affine(T=8)
+    with pytest.raises(ValueError, match="`memory_budget` must be a positive number"):
+        autopar.parallelize(cell, memory_budget=-1)(h0, xs)
+
+
+def test_nothing_fits_picks_least_memory():
+    cell, h0, xs = diag_affine(T=1024)
+    rec, facts = _analysed(cell, h0, xs)
+    p = plan_mod.make_plan(rec, facts, backend="gpu", options={"memory_budget": 1})
+    assert p.solver == "sequential" and "no solver fits" in p.reason
+
+
+# ---- the candidate table -------------------------------------------------------------------
+def test_candidate_table_is_complete():
+    cell, h0, xs = diag_affine(T=512)
+    rep = autopar.parallelize(cell).explain(h0, xs)
+    names = [c.solver for c in rep.candidates]
+    assert names == solver_names()
+    assert sum(c.chosen for c in rep.candidates) == 1
+    for c in rep.candidates:
+        assert c.reason
+        if c.applies:
+            assert math.isfinite(c.time) and c.time > 0 and math.isfinite(c.memory) and c.iterations >= 1
+            assert math.isfinite(c.work) and c.depth >= 1
+        else:
+            assert math.isnan(c.time)
+    text = str(rep)
+    for n in names:
+        assert n in text
+    assert "backward" in text and "constants" in text
+
+
+# ---- calibration and its cache -------------------------------------------------------------
+def test_cache_roundtrip_and_priority(tmp_path):
+    K = costs.DEFAULTS["cpu"].replace(step_overhead=1.0, source="calibrated test")
+    path = costs.save_cached("cpu", K)
+    assert path == tmp_path / "cache" / "constants.json"
+    data = json.loads(path.read_text())
+    assert costs.device_key("cpu") in data
+    costs.clear_constants()
+    assert costs.constants_for("cpu") == K
+    # a set_constants override beats the cache
+    costs.set_constants("cpu", costs.DEFAULTS["cpu"])
+    assert costs.constants_for("cpu") == costs.DEFAULTS["cpu"]
+    costs.clear_constants()
+    # the plan reads the cache: a 1 s loop overhead makes sequential hopeless on cpu
+    cell, h0, xs = diag_affine(T=1 << 12)
+    rec, facts = _analysed(cell, h0, xs)
+    p = plan_mod.make_plan(rec, facts, backend="cpu")
+    assert p.constants == K and p.solver == "linear"
+
+
+def test_broken_cache_falls_back_to_defaults(tmp_path):
+    path = costs.cache_path()
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    assert costs.constants_for("cpu") == costs.DEFAULTS["cpu"]
+    path.write_text(json.dumps({costs.device_key("cpu"): {"bogus": 1}}))
+    costs.clear_constants()
+    assert costs.constants_for("cpu") == costs.DEFAULTS["cpu"]
+
+
+def test_no_cache_means_defaults_and_nothing_is_written():
+    cell, h0, xs = diag_affine(T=64)
+    autopar.parallelize(cell)(h0, xs)
+    assert costs.constants_for("cpu") == costs.DEFAULTS["cpu"]
+    assert not costs.cache_path().exists()  # planning never calibrates
+
+
+def test_calibrate_writes_and_the_planner_reads(monkeypatch):
+    K = autopar.calibrate(repeats=1)
+    for f in ("step_overhead", "seq_flops", "par_flops", "level_overhead", "bytes_per_s", "scan_elem_time"):
+        v = getattr(K, f)
+        assert math.isfinite(v) and v > 0, (f, v)
+    assert K.source.startswith("calibrated")
+    data = json.loads(costs.cache_path().read_text())
+    assert costs.BackendConstants.from_json(data[costs.device_key("cpu")]) == K
+    costs.clear_constants()
+    assert costs.constants_for("cpu") == K
+    cell, h0, xs = diag_affine(T=64)
+    assert autopar.parallelize(cell).explain(h0, xs).plan.constants == K
+
+
+def test_calibrate_refuses_to_run_inside_jit():
+    with pytest.raises(RuntimeError, match="inside a traced function"):
+        jax.jit(lambda x: (autopar.calibrate(save=False), x)[1])(1.0)
+
+
+def test_cache_dir_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.delenv("AUTOPAR_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert costs.cache_dir() == tmp_path / "xdg" / "autopar"
+
+
+# ---- step cost facts ---------------------------------------------------------------------
+def test_step_flops_and_ops():
+    W = jnp.ones((16, 16), jnp.float32)
+    jp = jax.make_jaxpr(lambda h: jnp.tanh(h @ W))(jnp.ones(16, jnp.float32))
+    assert costs.step_flops(jp) == 2 * 16 * 16 + costs.TRANSCENDENTAL_FLOPS * 16
+    assert costs.step_ops(jp) == (1.0, 0.0)
+    tiny = jax.make_jaxpr(lambda h: h @ jnp.ones((4, 4), jnp.float32))(jnp.ones(4, jnp.float32))
+    assert costs.step_ops(tiny) == (0.0, 0.0)  # fused by XLA: no per-op overhead
+    cp = jax.make_jaxpr(lambda h: h @ W.astype(jnp.complex64))(jnp.ones(16, jnp.complex64))
+    assert costs.step_ops(cp) == (0.0, 1.0)
+
+
+def test_planning_inside_jit_with_traced_closed_over_params():
+    """The planner reads only shapes and dtypes: closed-over tracers must not be concretised."""
+    xs = jnp.ones((64, 4), jnp.float32)
+    h0 = jnp.zeros(4, jnp.float32)
+
+    @jax.jit
+    def loss(a):
+        cell = autopar.parallelize(lambda h, x: a * h + x)
+        return jnp.sum(cell(h0, xs))
+
+    a = jnp.full(4, 0.9, jnp.float32)
+    g = jax.grad(loss)(a)
+    ref = jax.grad(lambda a: jnp.sum(scan_states(lambda h, x: a * h + x, h0, xs)))(a)
+    assert_trees_close(g, ref, rtol=1e-4)

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import emit, plan as plan_mod, trace
 from .errors import AutoparError, validate_leaves
@@ -69,6 +70,8 @@ class Parallelized:
         self.options = dict(options, tol=tol, max_iters=max_iters)
         self._analysis: dict = {}
         self._programs: dict = {}
+        self._traces: dict = {}
+        self._program_ids: dict = {}
         self._jitted = jax.jit(self._run, static_argnames=("key", "length", "reverse", "return_info"))
         functools.update_wrapper(self, cell, updated=())
 
@@ -107,13 +110,24 @@ class Parallelized:
         validate_leaves(h0, "h0")
         validate_leaves(xs, "xs")
         trace.xs_length(xs, length)
-        # Trace the cell here, outside the jit, so its closed-over values are read on every call
-        # (as lax.scan does) and enter the program as differentiable arguments.
-        rec, facts, p = self._prepare(h0, xs, length)
-        key = (rec.signature(), rec.length)
-        self._programs[key] = (_without_consts(rec), facts, p)
+        # The cell is traced outside the jit so its closed-over values enter the program as
+        # explicit, differentiable arguments. Like lax.scan, the trace is cached per input
+        # signature; it is redone whenever the cached closed-over values were tracers of an outer
+        # transformation (jax.grad / vmap / jit), which must never be reused once that trace ends.
+        sig = _call_signature(h0, xs, length)
+        hit = self._traces.get(sig)
+        if hit is None:
+            rec, facts, p = self._prepare(h0, xs, length)
+            # a small static key for the jit cache: one id per distinct program
+            key = self._program_ids.setdefault((rec.signature(), rec.length), len(self._program_ids))
+            self._programs[key] = (_without_consts(rec), facts, p)
+            consts = rec.consts
+            if not any(isinstance(c, jax.core.Tracer) for c in consts):
+                self._traces[sig] = (key, consts)
+        else:
+            key, consts = hit
         try:
-            return self._jitted(rec.consts, h0, xs, key=key, length=length, reverse=bool(reverse),
+            return self._jitted(consts, h0, xs, key=key, length=length, reverse=bool(reverse),
                                 return_info=bool(return_info))
         except TypeError as e:
             if "forward-mode autodiff" in str(e) and "custom_vjp" in str(e):
@@ -141,6 +155,18 @@ def parallelize(cell: Callable | None = None, *, solver: str = "auto", tol: floa
     if cell is None:
         return functools.partial(parallelize, solver=solver, tol=tol, max_iters=max_iters, **options)
     return Parallelized(cell, solver=solver, tol=tol, max_iters=max_iters, **options)
+
+
+def _call_signature(h0, xs, length) -> tuple:
+    """Hashable key of what a trace depends on: pytree structures, leaf shapes, dtypes, weak types."""
+    def leaf_key(x):
+        if isinstance(x, (bool, int, float, complex)):
+            return type(x).__name__
+        return (tuple(np.shape(x)), str(x.dtype), bool(getattr(x, "weak_type", False)))
+
+    hl, ht = jax.tree_util.tree_flatten(h0)
+    xl, xt = jax.tree_util.tree_flatten(xs)
+    return (ht, tuple(map(leaf_key, hl)), xt, tuple(map(leaf_key, xl)), length, jax.default_backend())
 
 
 def _without_consts(rec):

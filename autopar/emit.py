@@ -113,7 +113,7 @@ def make_differentiable_solve(rec, plan: Plan):
 
     def forward(consts, v0, xt):
         f = lambda v, x: step(consts, v, x)  # noqa: E731
-        problem = Problem(f, v0, xt, structure, rec.length, plan.options)
+        problem = Problem(f, v0, xt, structure, rec.length, plan.options, (rec.layout.split, rec.layout.join))
         vs, stats = solver.solve(problem)
         return vs, (stats.solver_index, stats.iterations, stats.converged, stats.history)
 
@@ -230,7 +230,8 @@ def build(rec, plan: Plan, *, with_residual: bool = False) -> Callable:
                 discs = _discrete_trajectory(rec, plan, consts, v0, disc0, x_leaves)
                 disc_prev = [jnp.concatenate([d0[None], d[:-1]], 0) for d0, d in zip(disc0, discs)]
                 f = lambda v, xt: rec.step(consts, v, *xt)[0]  # noqa: E731
-                problem = Problem(f, v0, (disc_prev, list(x_leaves)), plan.structure, T, plan.options)
+                problem = Problem(f, v0, (disc_prev, list(x_leaves)), plan.structure, T, plan.options,
+                                  (rec.layout.split, rec.layout.join))
                 vs, _ = get_solver(plan.solver).solve(problem)
             stats = (jnp.asarray(0, jnp.int32), jnp.asarray(1 if plan.solver == "linear" else T, jnp.int32),
                      jnp.asarray(True), None)

@@ -88,6 +88,16 @@ class StateLayout:
                 out.append(next(it))
         return out
 
+    def split(self, vec: jax.Array) -> list[jax.Array]:
+        """Flat vector -> the differentiable leaves in their shapes (kept in ``vec_dtype``)."""
+        return [vec[l.offset : l.offset + l.size].reshape(l.shape) for l in self.diff_leaves]
+
+    def join(self, parts: Sequence[jax.Array]) -> jax.Array:
+        """Inverse of :meth:`split`."""
+        if not parts:
+            return jnp.zeros((0,), self.vec_dtype)
+        return jnp.concatenate([jnp.ravel(p) for p in parts])
+
     def describe(self) -> list[str]:
         rows = []
         for l in self.leaves:

@@ -35,6 +35,9 @@ class Problem:
     structure: Structure
     length: int
     options: dict = dataclasses.field(default_factory=dict)
+    #: Optional (split, join): the flat vector <-> state leaves in their own shapes. A solver that
+    #: loops step by step carries the leaves, so XLA sees the cell's own shapes in the loop body.
+    leaves: Any = None
 
     @property
     def dtype(self):

@@ -9,3 +9,5 @@ from .base import Stats as Stats
 from .base import get_solver as get_solver
 from .base import register_solver as register_solver
 from .base import solver_names as solver_names
+from . import deer as deer  # noqa: E402  (registers deer, quasi-deer)
+from . import elk as elk  # noqa: E402  (registers elk, quasi-elk)

@@ -1,0 +1,196 @@
+r"""Tolerances, stopping rules, initial guesses and the fallback chain shared by the
+iterative (Newton-family) solvers.
+
+**Residual.** For a trajectory V = (v_1..v_T) the per-step defect is
+r_t = v_t − f(v_{t−1}, x_t) (v_0 given). Solvers report
+
+    res(V) = max_t ‖r_t‖∞ / (1 + max_t ‖v_t‖∞),
+
+the same scale-relative measure ``Info.residual`` uses, and stop when
+res(V) ≤ tol. The check is on the *residual of the returned iterate* (evaluated
+as part of the next linearisation, so it costs no extra pass), not only on the size
+of the last update: a result flagged converged satisfies the recurrence to tol.
+
+**Tolerance.** ``tol`` defaults by dtype: 32·eps for float32 (≈ 3.8e-6), 1e-12
+for float64 (≈ 4500·eps, above the rounding floor of a log-depth scan), 1e-2 for
+16-bit floats. Users override with ``tol=``.
+
+**Divergence.** An iterate whose residual is non-finite, or that exceeds
+``DIVERGENCE_FACTOR`` × max(res(V⁰), 1), stops the stage as failed. The best
+iterate seen (lowest residual) is kept; it is what the next stage starts from.
+
+**Fallback chain.** A solver's ``chain()`` lists stages, itself first (e.g.
+deer → elk → sequential). ``run_chain`` runs the first; each later stage runs
+only if every earlier one failed (``lax.cond``), starting from the best iterate
+so far; ``sequential`` is exact and ends every chain. ``Stats.solver_index`` is
+the position in the chain of the stage that produced the result; with
+``fallback=False`` only the first stage runs and a failure is reported as
+``converged=False`` with the best iterate — never as converged.
+
+**Under ``jax.vmap``.** Iterations are *shared* across the batch: a batched
+``lax.while_loop`` runs until every sequence has stopped, but JAX freezes the
+carry of sequences that already stopped, so each sequence's result, iteration
+count and history are its own. A batched ``lax.cond`` evaluates both branches
+and selects, so under vmap a fallback stage costs its full run whenever any
+sequence needed it (results are still selected per sequence).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .sequential import sequential_trajectory
+
+__all__ = [
+    "DIVERGENCE_FACTOR",
+    "default_tol",
+    "default_max_iters",
+    "shift",
+    "residual",
+    "initial_guess",
+    "StageResult",
+    "run_chain",
+]
+
+#: A stage fails when its residual exceeds this factor × max(initial residual, 1).
+DIVERGENCE_FACTOR = 1e4
+
+
+def default_tol(dtype) -> float:
+    """Scale-relative residual tolerance for the state dtype."""
+    dtype = jnp.dtype(dtype)
+    real = jnp.finfo(dtype).dtype
+    if real == jnp.float64:
+        return 1e-12
+    if real.itemsize <= 2:
+        return 1e-2
+    return float(32 * jnp.finfo(real).eps)
+
+
+def default_max_iters(T: int, cap: int) -> int:
+    """DEER is exact after at most T iterations (each makes one more step exact); cap it."""
+    return int(max(1, min(T + 1, cap)))
+
+
+def options_tol(problem) -> float:
+    tol = problem.options.get("tol")
+    return float(tol) if tol is not None else default_tol(problem.dtype)
+
+
+def options_max_iters(problem, cap: int) -> int:
+    m = problem.options.get("max_iters")
+    return int(m) if m is not None else default_max_iters(problem.length, cap)
+
+
+def shift(v0, vs):
+    """(v_0..v_{T-1}) from v0 and (v_1..v_T)."""
+    return jnp.concatenate([v0[None], vs[:-1]], axis=0)
+
+
+def residual(vs, fv):
+    """max_t ‖v_t − f(v_{t−1})‖∞ / (1 + max_t ‖v_t‖∞) as a real scalar (NaN/inf propagate)."""
+    err = jnp.max(jnp.abs(vs - fv))
+    return err / (1.0 + jnp.max(jnp.abs(vs)))
+
+
+def f_steps(f, prev, xt):
+    """f(prev_t, xt_t) for every t (one vmapped evaluation)."""
+    return jax.vmap(f)(prev, xt)
+
+
+def initial_guess(problem) -> jax.Array:
+    """The first iterate V⁰ (T, D) from ``options['init']``.
+
+    * ``"zeros"`` (default): v_t = 0;
+    * ``"h0"``: v_t = v_0 for all t;
+    * ``"picard"``: one Picard (Jacobi) sweep from zeros, v_t = f(v⁰_{t−1}, x_t)
+      (so v_1 is exact); ``picard_warmup=k`` does k sweeps (each makes one more step exact);
+    * an array of shape (T, D) (the flat state trajectory, e.g. a previous solution).
+    """
+    T, D = problem.length, problem.v0.shape[0]
+    init = problem.options.get("init")
+    if init is None:
+        init = "picard" if problem.options.get("picard_warmup") else "zeros"
+    if isinstance(init, str):
+        if init == "zeros":
+            V = jnp.zeros((T, D), problem.dtype)
+        elif init == "h0":
+            V = jnp.broadcast_to(problem.v0, (T, D)).astype(problem.dtype)
+        elif init == "picard":
+            V = jnp.zeros((T, D), problem.dtype)
+            sweeps = int(problem.options.get("picard_warmup") or 1)
+            for _ in range(sweeps):
+                V = f_steps(problem.f, shift(problem.v0, V), problem.xt)
+        else:
+            raise ValueError(
+                f"option `init` must be 'zeros', 'h0', 'picard' or an array of shape (T, D) = ({T}, {D}); got {init!r}."
+            )
+        return V
+    V = jnp.asarray(init)
+    if V.shape != (T, D):
+        raise ValueError(
+            f"option `init` as an array must be the flat state trajectory of shape (T, D) = ({T}, {D}); "
+            f"got shape {V.shape}. Ravel each state leaf per step and concatenate them in pytree order."
+        )
+    return V.astype(problem.dtype)
+
+
+class StageResult(NamedTuple):
+    """What one stage of a chain returns (all traced arrays)."""
+
+    vs: Any  # best iterate (T, D)
+    converged: Any  # bool scalar: res(vs) <= tol
+    iterations: Any  # int32: iterations this stage ran
+    history: Any  # (H,) residuals of the whole chain so far, NaN padded
+    count: Any  # int32: history entries written so far
+
+
+#: A stage: (problem, V_init, history, count) -> StageResult
+Stage = Callable[[Any, Any, Any, Any], StageResult]
+
+
+def history_length(problem, stage_iters: Sequence[int]) -> int:
+    return int(sum(m + 1 for m in stage_iters))
+
+
+def sequential_stage(problem, V_init, history, count) -> StageResult:
+    vs = sequential_trajectory(problem.f, problem.v0, problem.xt)
+    return StageResult(vs, jnp.asarray(True), jnp.asarray(0, jnp.int32), history, count)
+
+
+def run_chain(problem, stages: Sequence[Stage], history_len: int):
+    """Run ``stages`` as a fallback chain; returns (vs, converged, iterations, solver_index, history).
+
+    ``iterations`` is the total over the stages that ran (the cost actually paid).
+    """
+    from .base import Stats
+
+    V0 = initial_guess(problem)
+    hist = jnp.full((max(history_len, 1),), jnp.nan, jnp.float32)
+    res = stages[0](problem, V0, hist, jnp.asarray(0, jnp.int32))
+    carry = (res.vs, res.converged, res.iterations, res.history, res.count, jnp.asarray(0, jnp.int32))
+    if problem.options.get("fallback", True) is False:
+        stages = stages[:1]
+    for k, stage in enumerate(stages[1:], start=1):
+
+        def run_next(c, stage=stage, k=k):
+            vs, _, its, h, cnt, _ = c
+            start = jnp.where(jnp.all(jnp.isfinite(vs)), vs, V0)
+            r = stage(problem, start, h, cnt)
+            return (r.vs, r.converged, its + r.iterations, r.history, r.count, jnp.asarray(k, jnp.int32))
+
+        carry = jax.lax.cond(carry[1], lambda c: c, run_next, carry)
+    vs, conv, its, hist, _, idx = carry
+    return vs, Stats(its, conv, idx, hist)
+
+
+def finite(x):
+    return jnp.all(jnp.isfinite(x))
+
+
+def np_dtype(x) -> np.dtype:
+    return np.dtype(jnp.asarray(x).dtype)

@@ -1,0 +1,190 @@
+r"""DEER and quasi-DEER: Newton's method on the whole trajectory (Lim et al. 2024;
+Gonzalez et al. 2024).
+
+Write the trajectory as one unknown V = (v_1..v_T) and the residual
+r_t(V) = v_t − f(v_{t−1}, x_t), with v_0 given. Linearising f at the current
+iterate V⁽ⁱ⁾ (J_t = ∂f/∂v at (v⁽ⁱ⁾_{t−1}, x_t)) and solving r + (∂r/∂V)ΔV = 0 gives
+
+    v_t⁽ⁱ⁺¹⁾ = J_t v_{t−1}⁽ⁱ⁺¹⁾ + (f(v_{t−1}⁽ⁱ⁾, x_t) − J_t v_{t−1}⁽ⁱ⁾),
+
+a *linear* recurrence, solved by ``linear_scan`` (one associative scan, O(log T)
+depth) with J_t in the **proven** structure: a diagonal cell gets exact Newton at
+diagonal cost, a (c, h) cell with 2×2 blocks exact Newton with block scans, a
+dense cell dense scans — ParaRNN's hand-written specialisation, found here from
+the jaxpr. ∂r/∂V is block lower-bidiagonal with identity diagonal, so the step is
+always defined; in exact arithmetic step t is exact after at most t iterations,
+so DEER terminates in ≤ T iterations, and converges quadratically near the
+solution.
+
+**quasi-DEER** replaces J_t by diag(J_t): each iteration is an elementwise scan,
+O(T·D) work and memory whatever the structure, at the price of linear instead of
+quadratic convergence. The fixed point is the same (the residual is exact; only
+the step is approximate). The diagonal never comes from a dense Jacobian: see
+``autopar.solvers.quasi.diagonal_steps``.
+
+Both stop on the scale-relative residual (``convergence``), detect non-finite or
+growing residuals, and fall back along ``chain()``: deer → elk → sequential,
+quasi-deer → quasi-elk → sequential.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from autopar.structure import Diagonal
+
+from . import convergence as cv
+from .base import Problem, Solver, register_solver
+from .linear import linear_scan, linearize_steps
+
+__all__ = ["Deer", "QuasiDeer", "newton_stage", "deer_update"]
+
+#: Default iteration caps (the user's ``max_iters`` overrides).
+DEER_MAX_ITERS = 64
+QUASI_MAX_ITERS = 256
+
+
+def deer_update(structure, v0, prev, fv, a):
+    """One Newton step: solve v_t = J_t v_{t−1} + (f(prev_t) − J_t prev_t) by a linear scan."""
+    b = fv - jax.vmap(structure.matvec)(a, prev)
+    return linear_scan(structure, a, b, v0)
+
+
+def newton_stage(linearize, structure, tol: float, max_iters: int):
+    """A chain stage running Newton iterations ``V ← deer_update(...)``.
+
+    ``linearize(prev) -> (f values, compact J)`` in ``structure``.
+    """
+
+    def stage(problem: Problem, V, history, count):
+        v0 = problem.v0
+        fv, a = linearize(cv.shift(v0, V))
+        r = cv.residual(V, fv).astype(jnp.float32)
+        r = jnp.where(jnp.isfinite(r), r, jnp.inf)
+        history = history.at[count].set(r)
+        limit = cv.DIVERGENCE_FACTOR * jnp.maximum(r, 1.0)
+
+        def cond(c):
+            i, _, _, _, r, _, best_r, _, _, bad = c
+            return (i < max_iters) & (best_r > tol) & ~bad
+
+        def body(c):
+            i, V, fv, a, r, best_V, best_r, hist, cnt, bad = c
+            Vn = deer_update(structure, v0, cv.shift(v0, V), fv, a)
+            fvn, an = linearize(cv.shift(v0, Vn))
+            rn = cv.residual(Vn, fvn).astype(jnp.float32)
+            ok = jnp.isfinite(rn) & cv.finite(Vn)
+            rn = jnp.where(ok, rn, jnp.inf)
+            better = rn < best_r
+            best_V = jnp.where(better, Vn, best_V)
+            best_r = jnp.where(better, rn, best_r)
+            hist = hist.at[cnt + 1].set(rn)
+            bad = ~ok | (rn > limit)
+            return (i + 1, Vn, fvn, an, rn, best_V, best_r, hist, cnt + 1, bad)
+
+        init = (jnp.asarray(0, jnp.int32), V, fv, a, r, V, r, history, count, ~jnp.isfinite(r))
+        i, _, _, _, _, best_V, best_r, hist, cnt, _ = jax.lax.while_loop(cond, body, init)
+        return cv.StageResult(best_V, best_r <= tol, i, hist, cnt + 1)
+
+    return stage
+
+
+def _predict(facts, quasi: bool) -> float:
+    degree = facts.get("degree", "nonlinear")
+    st = facts.get("structure")
+    exact_diag = st is not None and st.kind in ("zero", "identity", "scalar", "diagonal")
+    if degree in ("constant", "affine"):
+        base = 2.0  # one step, one check
+    elif degree == "piecewise-linear":
+        base = 4.0
+    else:
+        base = 8.0
+    if quasi and not exact_diag:
+        base *= 3.0  # linear rather than quadratic convergence
+    return base
+
+
+def _applies(facts, rec):
+    dt = jnp.dtype(rec.layout.vec_dtype)
+    if not jnp.issubdtype(dt, jnp.inexact):
+        return False, f"the state dtype {dt} is not floating point"
+    return True, "Newton on the whole trajectory; converges for any real (or holomorphic complex) cell"
+
+
+@register_solver
+class Deer(Solver):
+    """Newton (DEER) with J_t in the proven structure; falls back to elk, then sequential."""
+
+    name = "deer"
+
+    def applies(self, facts, rec):
+        return _applies(facts, rec)
+
+    def predict_iterations(self, facts, rec):
+        return _predict(facts, quasi=False)
+
+    def chain(self):
+        return ("deer", "elk", "sequential")
+
+    def stages(self, problem: Problem):
+        st = problem.structure
+        tol = cv.options_tol(problem)
+        m = cv.options_max_iters(problem, DEER_MAX_ITERS)
+
+        def linearize(prev):
+            return linearize_steps(problem.f, st, prev, problem.xt)
+
+        from .elk import ELK_MAX_ITERS, elk_stage
+
+        m2 = cv.options_max_iters(problem, ELK_MAX_ITERS)
+        return [newton_stage(linearize, st, tol, m), elk_stage(problem, quasi=False), cv.sequential_stage], [m, m2]
+
+    def solve(self, problem: Problem):
+        return _solve(self, problem)
+
+
+@register_solver
+class QuasiDeer(Solver):
+    """quasi-DEER: Newton with diag(J_t) (elementwise scans); falls back to quasi-elk, then sequential."""
+
+    name = "quasi-deer"
+
+    def applies(self, facts, rec):
+        return _applies(facts, rec)
+
+    def predict_iterations(self, facts, rec):
+        return _predict(facts, quasi=True)
+
+    def chain(self):
+        return ("quasi-deer", "quasi-elk", "sequential")
+
+    def stages(self, problem: Problem):
+        from .elk import ELK_MAX_ITERS, elk_stage
+        from .quasi import diagonal_steps
+
+        D = problem.v0.shape[0]
+        tol = cv.options_tol(problem)
+        m = cv.options_max_iters(problem, QUASI_MAX_ITERS)
+
+        def linearize(prev):
+            return diagonal_steps(problem.f, problem.structure, prev, problem.xt)
+
+        m2 = cv.options_max_iters(problem, ELK_MAX_ITERS)
+        return [newton_stage(linearize, Diagonal(D), tol, m), elk_stage(problem, quasi=True), cv.sequential_stage], [m, m2]
+
+    def solve(self, problem: Problem):
+        return _solve(self, problem)
+
+
+def _solve(solver, problem: Problem):
+    if problem.length == 0:
+        return jnp.zeros((0, problem.v0.shape[0]), problem.dtype), cv_empty_stats()
+    stages, iters = solver.stages(problem)
+    return cv.run_chain(problem, stages, cv.history_length(problem, iters))
+
+
+def cv_empty_stats():
+    from .base import Stats
+
+    return Stats(jnp.asarray(0, jnp.int32), jnp.asarray(True), jnp.asarray(0, jnp.int32), jnp.zeros((1,), jnp.float32) * jnp.nan)

@@ -1,0 +1,349 @@
+r"""diag(J_t) for the quasi solvers, without forming a dense Jacobian.
+
+``diagonal_steps(f, structure, points, xt)`` returns (f(points_t, x_t), d_t) with
+d_t = diag(∂f/∂v) at points_t, by the cheapest exact route the proven structure
+allows:
+
+* zero / identity / scalar / diagonal: the compact form *is* the diagonal (≤ 1 JVP);
+* block-diagonal with blocks of size b: b JVPs (compressed extraction), then the
+  blocks' diagonals — O(b · cost(f)), and only T·D·b floats;
+* dense: the **diagonal-Jacobian interpreter** below, O(D²) per step for the usual
+  cells; if the cell is outside what it handles, D JVPs evaluated in time chunks
+  (``lax.map``) so that no T·D² array ever exists.
+
+**The interpreter.** It evaluates the step's jaxpr once, carrying for every
+intermediate y (row shape S) its Jacobian ∂y/∂v as a short sum of *terms*:
+
+    Sel(s, idx):        ∂y_r/∂v = s_r · e_{idx_r}ᵀ                 (y_r reads one state entry)
+    Lin(s, C, inner):   ∂y/∂v  = diag(s) · C · (inner term)          (C: S × m, h-independent)
+
+A term's chain has at most two ``Lin`` levels. Rules: elementwise primitives scale
+``s`` by their elementwise partial (one JVP with a tangent of ones — exact because
+the primitive is elementwise); shape primitives (slice, reshape, transpose,
+broadcast, concatenate, split, pad, gather, …) act on the rows of s, idx and C; a
+primitive linear in its one h-dependent operand (dot_general with an h-independent
+other side, reduce_sum, cumsum) wraps each term: Lin(1, L, term) with L its
+matrix, taken once from the h-independent operand (unbatched under the vmap over
+time, so computed once per iteration, not per step). Only the diagonal of the
+output is ever read:
+
+    Sel:                 d_i += s_i [idx_i = i]
+    Lin(s, C, Sel(s1, idx1)):
+                         d_i += s_i Σ_{k: idx1_k = i} C_{i k} s1_k
+    Lin(s, C1, Lin(s1, C2, Sel(s2, idx2))):
+                         d_i += s_i Σ_{l: idx2_l = i} s2_l (K s1)_l,   K_{l k} = C1_{idx2_l, k} C2_{k l}
+
+K is h-independent, so each step costs one matrix-vector product: O(D²). This
+covers Elman/tanh RNNs, LSTM (gates W h: one level), GRU (W_n (r ⊙ h) with
+r = σ(W_r h): two levels) and one-hidden-layer neural ODEs. A third ``Lin`` level
+(e.g. a two-hidden-layer MLP in the step), a product of two h-dependent matrices,
+control flow on h, or an unknown primitive raise ``Unsupported``, and the chunked
+JVP route is used instead (exact, O(D · cost(f)) per step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from autopar import _compat
+from autopar.structure import BlockDiagonal, Dense, Diagonal
+
+from .linear import linearize_steps
+
+__all__ = ["diagonal_steps", "jacobian_diagonal", "Unsupported", "chunked_dense_diagonal"]
+
+#: Floats per chunk (chunk_size · D²) for the chunked-JVP fallback.
+_CHUNK_FLOATS = 1 << 22
+
+
+def diagonal_steps(f, structure, points, xt, *, method: str = "auto"):
+    """(f(points_t, xt_t), diag J_t) for every t; points (T, D)."""
+    D = points.shape[-1]
+    if structure.kind in ("zero", "identity", "scalar", "diagonal"):
+        fv, a = linearize_steps(f, structure, points, xt)
+        d = jax.vmap(structure.diagonal)(a) if structure.kind != "diagonal" else a
+        return fv, jnp.broadcast_to(d, points.shape).astype(points.dtype)
+    if isinstance(structure, BlockDiagonal) and (structure.block_size <= 8 or method == "jvp"):
+        fv, a = linearize_steps(f, structure, points, xt)
+        return fv, jax.vmap(structure.diagonal)(a).astype(points.dtype)
+    if method in ("auto", "interpret"):
+        try:
+            return interpreted_diagonal(f, points, xt)
+        except Unsupported:
+            if method == "interpret":
+                raise
+    return chunked_dense_diagonal(f, points, xt)
+
+
+def chunked_dense_diagonal(f, points, xt):
+    """D JVPs per step, evaluated in chunks of time so peak memory is chunk · D², not T · D²."""
+    T, D = points.shape
+    chunk = int(max(1, min(T, _CHUNK_FLOATS // max(D * D, 1))))
+
+    def one(args):
+        p, x = args
+        val, jvp = jax.linearize(lambda v: f(v, x), p)
+        return val, jnp.diagonal(Dense(D).extract(jvp, p.dtype))
+
+    return jax.lax.map(one, (points, xt), batch_size=chunk)
+
+
+# ---------------------------------------------------------------------------------------------
+# The interpreter
+# ---------------------------------------------------------------------------------------------
+class Unsupported(Exception):
+    """The step is outside what the diagonal interpreter handles (message: why)."""
+
+
+@dataclasses.dataclass
+class Sel:
+    s: Any  # (S,)
+    idx: Any  # (S,) int
+
+    depth = 0
+
+    def rows(self, g, gi=None):
+        return Sel(g(self.s), (gi or g)(self.idx))
+
+    def scale(self, p):
+        return Sel(self.s * p, self.idx)
+
+
+@dataclasses.dataclass
+class Lin:
+    s: Any  # (S,)
+    C: Any  # S + (m,)
+    inner: Any  # Sel | Lin over m flat rows
+
+    @property
+    def depth(self):
+        return 1 + self.inner.depth
+
+    def rows(self, g, gi=None):
+        return Lin(g(self.s), jax.vmap(g, in_axes=-1, out_axes=-1)(self.C), self.inner)
+
+    def scale(self, p):
+        return Lin(self.s * p, self.C, self.inner)
+
+
+MAX_DEPTH = 2
+MAX_TERMS = 64
+
+
+def _flatten(term):
+    return term.rows(lambda a: a.reshape(-1))
+
+
+def _shape_of(term):
+    return jnp.shape(term.s)
+
+
+#: Primitives that move rows without arithmetic: apply them to s, idx and C's rows.
+_ROW_OPS = frozenset(
+    """reshape squeeze expand_dims transpose rev slice dynamic_slice gather broadcast_in_dim copy copy_p""".split()
+)
+#: Primitives linear in their single h-dependent operand.
+_LINEAR_OPS = frozenset({"dot_general", "reduce_sum", "cumsum", "conv_general_dilated"})
+
+
+def _zero(dtype):
+    return np.zeros((), dtype)
+
+
+def _eval_jaxpr(jaxpr, consts, args):
+    """Evaluate ``jaxpr`` on (value, terms|None) pairs."""
+    env: dict = {}
+
+    def read(atom):
+        if _compat.is_literal(atom):
+            return _compat.literal_value(atom), None
+        return env[atom]
+
+    for var, c in zip(jaxpr.constvars, consts):
+        env[var] = (c, None)
+    for var, a in zip(jaxpr.invars, args):
+        env[var] = a
+    for eqn in jaxpr.eqns:
+        ins = [read(a) for a in eqn.invars]
+        outs = _apply(eqn, ins)
+        for var, o in zip(eqn.outvars, outs):
+            if not isinstance(var, _compat.DropVar):
+                env[var] = o
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _bind(eqn, vals):
+    out = eqn.primitive.bind(*vals, **eqn.params)
+    return list(out) if eqn.primitive.multiple_results else [out]
+
+
+def _apply(eqn, ins):
+    vals = [v for v, _ in ins]
+    terms = [t for _, t in ins]
+    name = eqn.primitive.name
+    dep = [t is not None for t in terms]
+    if not any(dep):
+        return [(o, None) for o in _bind(eqn, vals)]
+    sub = _compat.call_subjaxpr(eqn)
+    if sub is not None and len(sub.jaxpr.invars) == len(ins):
+        return _eval_jaxpr(sub.jaxpr, sub.consts, ins)
+    from autopar.passes.sparsity import ELEMENTWISE
+
+    outs = _bind(eqn, vals)
+    if name in ELEMENTWISE:
+        return _elementwise(eqn, vals, terms, outs)
+    if name in _ROW_OPS:
+        if any(dep[1:]):
+            raise Unsupported(f"{name} with an h-dependent index operand")
+        rest = vals[1:]
+        g = lambda a: eqn.primitive.bind(a, *rest, **eqn.params)  # noqa: E731
+        return [(outs[0], [t.rows(g) for t in terms[0]])]
+    if name == "split":
+        res = []
+        for k, o in enumerate(outs):
+            g = lambda a, k=k: eqn.primitive.bind(a, **eqn.params)[k]  # noqa: E731
+            res.append((o, [t.rows(g) for t in terms[0]]))
+        return res
+    if name == "pad":
+        if dep[1]:
+            raise Unsupported("pad with an h-dependent padding value")
+        cfg = eqn.params["padding_config"]
+        g = lambda a: jax.lax.pad(a, _zero(a.dtype), cfg)  # noqa: E731
+        return [(outs[0], [t.rows(g) for t in terms[0]])]
+    if name == "concatenate":
+        return [(outs[0], _concatenate(eqn, vals, terms))]
+    if name in _LINEAR_OPS:
+        if sum(dep) != 1:
+            raise Unsupported(f"{name} of two h-dependent operands (not linear in h)")
+        j = dep.index(True)
+        return [(outs[0], _linear(eqn, vals, j, terms[j], outs[0]))]
+    raise Unsupported(f"no diagonal rule for primitive {name!r}")
+
+
+def _elementwise(eqn, vals, terms, outs):
+    out = outs[0]
+    if not jnp.issubdtype(jnp.asarray(out).dtype, jnp.inexact):
+        return [(o, None) for o in outs]
+    if len(outs) != 1:
+        raise Unsupported(f"multi-output elementwise primitive {eqn.primitive.name}")
+    shape = jnp.shape(out)
+    new = []
+    for j, t in enumerate(terms):
+        if t is None or not jnp.issubdtype(jnp.asarray(vals[j]).dtype, jnp.inexact):
+            continue
+
+        def one(a, j=j):
+            args = list(vals)
+            args[j] = a
+            return eqn.primitive.bind(*args, **eqn.params)
+
+        x = jnp.asarray(vals[j])
+        _, partial = jax.jvp(one, (x,), (jnp.ones_like(x),))
+        if jnp.shape(x) != shape:
+            if jnp.ndim(x) != 0:
+                raise Unsupported(f"implicit broadcasting in {eqn.primitive.name}")
+            g = lambda a: jnp.broadcast_to(a, shape)  # noqa: E731
+            t = [u.rows(g) for u in t]
+        new += [u.scale(partial) for u in t]
+    if len(new) > MAX_TERMS:
+        raise Unsupported("too many Jacobian terms")
+    return [(out, new or None)]
+
+
+def _concatenate(eqn, vals, terms):
+    dim = eqn.params["dimension"]
+    new = []
+    for k, t in enumerate(terms):
+        if t is None:
+            continue
+
+        # rows() vmaps g over C's trailing axis, so g only ever sees row-shaped arrays
+        def g_rows(a, k=k):
+            pieces = [a if j == k else jnp.zeros(jnp.shape(v), a.dtype) for j, v in enumerate(vals)]
+            return jax.lax.concatenate(pieces, dim)
+
+        new += [u.rows(g_rows) for u in t]
+    if len(new) > MAX_TERMS:
+        raise Unsupported("too many Jacobian terms")
+    return new
+
+
+def _linear(eqn, vals, j, terms, out):
+    """Wrap each term in Lin(1, L, term), L the matrix of the map (h-dependent operand) -> out."""
+    x = jnp.asarray(vals[j])
+
+    def op(a):
+        args = list(vals)
+        args[j] = a
+        return eqn.primitive.bind(*args, **eqn.params)
+
+    m = int(np.prod(x.shape, dtype=np.int64))
+    L = jax.jacfwd(op)(jnp.zeros(x.shape, x.dtype))  # out.shape + x.shape, h-independent
+    L = L.reshape(tuple(jnp.shape(out)) + (m,))
+    ones = jnp.ones(jnp.shape(out), L.dtype)
+    new = []
+    for t in terms:
+        if t.depth + 1 > MAX_DEPTH:
+            raise Unsupported("more than two h-dependent linear maps in a chain (O(D³) diagonal)")
+        new.append(Lin(ones, L, _flatten(t)))
+    return new
+
+
+def _readout(terms, D, dtype):
+    d = jnp.zeros((D,), dtype)
+    ar = jnp.arange(D)
+    for t in terms or []:
+        s = t.s.reshape(-1)
+        if s.shape[0] != D:
+            raise Unsupported("output rows do not match the state")
+        if isinstance(t, Sel):
+            d = d + s * (t.idx.reshape(-1) == ar)
+        elif isinstance(t.inner, Sel):
+            C = t.C.reshape(D, -1)
+            idx1 = t.inner.idx
+            vals = C[idx1, jnp.arange(idx1.shape[0])] * t.inner.s
+            d = d + s * jnp.zeros((D,), vals.dtype).at[idx1].add(vals)
+        else:
+            C1 = t.C.reshape(D, -1)
+            mid = t.inner
+            if not isinstance(mid.inner, Sel):
+                raise Unsupported("chain too deep")
+            C2, s2, idx2 = mid.C, mid.inner.s, mid.inner.idx
+            K = C1[idx2, :] * C2.T  # (p, m): K[l, k] = C1[idx2_l, k] C2[k, l]
+            w = jnp.matmul(K, mid.s, precision=jax.lax.Precision.HIGHEST)
+            d = d + s * jnp.zeros((D,), w.dtype).at[idx2].add(s2 * w)
+    return d.astype(dtype)
+
+
+def jacobian_diagonal(f, v, x):
+    """(f(v, x), diag ∂f/∂v) for one step by the interpreter; raises ``Unsupported``."""
+    closed = jax.make_jaxpr(f)(v, x)
+    D = v.shape[0]
+    x_leaves = jax.tree_util.tree_leaves(x)
+    args = [(v, [Sel(jnp.ones((D,), v.dtype), jnp.arange(D))])] + [(a, None) for a in x_leaves]
+    outs = _eval_jaxpr(closed.jaxpr, closed.consts, args)
+    val, terms = outs[0]
+    return val, _readout(terms, D, v.dtype)
+
+
+def interpreted_diagonal(f, points, xt):
+    """``jacobian_diagonal`` at every time step; the jaxpr is traced once, outside the vmap."""
+    p0 = jax.ShapeDtypeStruct(points.shape[1:], points.dtype)
+    x0 = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), xt)
+    closed = jax.make_jaxpr(f)(p0, x0)
+    D = points.shape[1]
+
+    def one(v, x):
+        x_leaves = jax.tree_util.tree_leaves(x)
+        args = [(v, [Sel(jnp.ones((D,), v.dtype), jnp.arange(D))])] + [(a, None) for a in x_leaves]
+        (val, terms), *_ = _eval_jaxpr(closed.jaxpr, closed.consts, args)
+        return val, _readout(terms, D, v.dtype)
+
+    # Dry run on abstract values so Unsupported is raised at trace time, before the vmap.
+    jax.eval_shape(one, p0, x0)
+    return jax.vmap(one)(points, xt)

@@ -346,3 +346,15 @@ def test_explain_shows_kind_side_and_rank():
     S0, xs = _inputs(deltaproduct, jnp.float64)
     text = str(autopar.parallelize(deltaproduct).explain(S0, xs))
     assert "kronecker(householder, left, q=4" in text and "rank=3" in text
+
+
+@pytest.mark.parametrize("solver", ["deer", "elk"])
+def test_newton_solvers_on_a_kronecker_state(solver):
+    """deer scans with the Kronecker factors; elk materialises them for its smoother (it used to
+    crash on the factored compact form when a fallback chain reached it)."""
+    S0, xs = _inputs(deltanet_left, jnp.float64, T=9)
+    fn = autopar.parallelize(deltanet_left, solver=solver)
+    assert isinstance(fn.explain(S0, xs).structure, Kronecker)
+    out, info = fn(S0, xs, return_info=True)
+    assert bool(info.converged)
+    assert_trees_close(out, scan_states(deltanet_left, S0, xs))

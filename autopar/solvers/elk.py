@@ -62,7 +62,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from autopar.structure import BlockDiagonal, Diagonal
+from autopar.structure import BlockDiagonal, Dense, Diagonal
 
 from . import convergence as cv
 from .base import Problem, Solver, register_solver
@@ -117,7 +117,10 @@ class Blocks:
             return a.reshape(self.D, 1, 1)
         if self.block:
             return a
-        return a.reshape(1, self.D, self.D)
+        if isinstance(self.structure, Dense):
+            return a.reshape(1, self.D, self.D)
+        # Factored kinds (Kronecker, low-rank): the smoother needs explicit D × D matrices.
+        return self.structure.to_dense(a).reshape(1, self.D, self.D)
 
 
 def _mm(a, b):

@@ -1,0 +1,36 @@
+"""Every script in examples/ runs (a smoke run with small sizes), as a user would run it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
+
+#: Arguments for a quick run of each example; a new example must be added here.
+QUICK_ARGS = {
+    "demo.py": ["--quick"],
+    "custom_pass.py": [],
+    "train_diag_gru.py": ["--steps", "3"],
+}
+
+
+def test_every_example_has_a_smoke_run():
+    missing = [p.name for p in EXAMPLES if p.name not in QUICK_ARGS]
+    assert not missing, f"add quick-run arguments for {missing} to QUICK_ARGS"
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)
+def test_example_runs(script):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, str(script), *QUICK_ARGS[script.name]], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=280)
+    assert r.returncode == 0, f"{script.name} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    if script.name == "demo.py":
+        # the speed table names every cell; the demo itself exits 1 if any result is off lax.scan's
+        for cell in ("mamba-ssm", "lru (complex)", "deltanet", "diag-gru", "gru", "lstm"):
+            assert cell in r.stdout
+        assert "every result matches lax.scan" in r.stdout

@@ -54,10 +54,8 @@ def _time(fn, *args, repeats: int = 5, min_time: float = 0.01) -> float:
     return min(out)
 
 
-def _scan_per_step(cell, D: int, T: int, backend: str, repeats: int, dtype=jnp.float32) -> float:
-    dev = jax.devices(backend)[0]
-    h0 = jax.device_put(jnp.zeros((D,), dtype), dev)
-    xs = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal((T, D)), jnp.float32), dev)
+def scan_program(cell):
+    """``jit(h0, xs -> states)`` by plain ``lax.scan``: the sequential baseline we measure against."""
 
     @jax.jit
     def run(h0, xs):
@@ -67,7 +65,15 @@ def _scan_per_step(cell, D: int, T: int, backend: str, repeats: int, dtype=jnp.f
 
         return jax.lax.scan(body, h0, xs)[1]
 
-    return _time(run, h0, xs, repeats=repeats) / T
+    return run
+
+
+def _scan_per_step(cell, D: int, T: int, backend: str, repeats: int, dtype=jnp.float32) -> float:
+    dev = jax.devices(backend)[0]
+    h0 = jax.device_put(jnp.zeros((D,), dtype), dev)
+    xs = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal((T, D)), jnp.float32), dev)
+
+    return _time(scan_program(cell), h0, xs, repeats=repeats) / T
 
 
 def _assoc_scan_time(T: int, D: int, backend: str, repeats: int) -> float:

@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # `python benchmarks/run.py`
     __package__ = "benchmarks"
 
 import autopar  # noqa: E402
+from autopar.calibrate import scan_program  # noqa: E402
 from autopar.solvers import SOLVER_NAMES, solver_names  # noqa: E402
 
 from .cells import CELLS, make_cell  # noqa: E402
@@ -44,16 +45,7 @@ QUICK_T = (256, 4096)
 FULL_T = (256, 1024, 4096, 16384, 65536)
 
 
-def _scan_fn(cell):
-    @jax.jit
-    def run(h0, xs):
-        def body(h, x):
-            h = cell(h, x)
-            return h, h
-
-        return jax.lax.scan(body, h0, xs)[1]
-
-    return run
+_scan_fn = scan_program  # the lax.scan baseline, the same program calibrate() measures
 
 
 def contenders(cell, h0, xs, hand, skip=()):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from autopar.errors import AutoparError
@@ -49,6 +50,24 @@ def _is_tracer(x) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
+def random_step_inputs(rec, rng, scale=1.0):
+    """A random point (v, discrete state, x leaves) of ``rec.step``: normal floats (complex when
+    the state is), small integers for integer leaves."""
+    dtype = rec.layout.vec_dtype
+    v = rng.normal(size=rec.size) * scale
+    if np.issubdtype(np.dtype(dtype), np.complexfloating):
+        v = v + 1j * rng.normal(size=rec.size) * scale
+    v = jnp.asarray(v, dtype)
+    disc = [jnp.asarray(rng.integers(-2, 3, size=l.shape), l.dtype) for l in rec.layout.discrete_leaves]
+    xl = []
+    for a in rec.x_avals:
+        if jnp.issubdtype(a.dtype, jnp.inexact):
+            xl.append(jnp.asarray(rng.normal(size=a.shape) * scale, a.dtype))
+        else:
+            xl.append(jnp.asarray(rng.integers(-2, 3, size=a.shape), a.dtype))
+    return v, disc, xl
+
+
 def check_facts(rec: Any, facts: Any, n_points: int = 3, seed: int = 0, scale: float = 1.0) -> bool:
     """Raise ``StructureCheckError`` on any contradiction; return False when the check could not
     run (closed-over values are tracers of an outer transformation), True when it passed."""
@@ -72,18 +91,7 @@ def check_facts(rec: Any, facts: Any, n_points: int = 3, seed: int = 0, scale: f
     name = getattr(rec, "name", "cell")
 
     def sample():
-        v = rng.normal(size=rec.size) * scale
-        if np.issubdtype(np.dtype(dtype), np.complexfloating):
-            v = v + 1j * rng.normal(size=rec.size) * scale
-        v = jnp.asarray(v, dtype)
-        disc = [jnp.asarray(rng.integers(-2, 3, size=l.shape), l.dtype) for l in rec.layout.discrete_leaves]
-        xl = []
-        for a in rec.x_avals:
-            if jnp.issubdtype(a.dtype, jnp.inexact):
-                xl.append(jnp.asarray(rng.normal(size=a.shape) * scale, a.dtype))
-            else:
-                xl.append(jnp.asarray(rng.integers(-2, 3, size=a.shape), a.dtype))
-        return v, disc, xl
+        return random_step_inputs(rec, rng, scale)
 
     holo = np.issubdtype(np.dtype(dtype), np.complexfloating)
     with jax.ensure_compile_time_eval():

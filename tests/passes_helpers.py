@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from autopar.passes import analyse
+from autopar.passes.check import random_step_inputs
 from autopar.trace import trace_cell
 
 
@@ -14,15 +15,7 @@ def analyse_cell(cell, h0, xs):
 
 
 def random_inputs(rec, rng, scale=1.0):
-    v = jnp.asarray(rng.normal(size=rec.size) * scale, rec.layout.vec_dtype)
-    disc = [jnp.asarray(rng.integers(-3, 4, size=l.shape), l.dtype) for l in rec.layout.discrete_leaves]
-    xl = []
-    for a in rec.x_avals:
-        if jnp.issubdtype(a.dtype, jnp.inexact):
-            xl.append(jnp.asarray(rng.normal(size=a.shape) * scale, a.dtype))
-        else:
-            xl.append(jnp.asarray(rng.integers(-3, 4, size=a.shape), a.dtype))
-    return v, disc, xl
+    return random_step_inputs(rec, rng, scale)
 
 
 def jacobians(rec, n_points=3, seed=0, scale=1.0):

@@ -147,12 +147,14 @@ def _combine(ei, ej):
     b = Ai.shape[-1]
     eye = jnp.eye(b, dtype=Ai.dtype)
     M = eye + _mm(Ci, Gj)
-    AjMinv = _tr(_solve(_tr(M), _tr(Aj)))  # A_j M⁻¹
+    N = eye + _mm(Gj, Ci)
+    # A_j M⁻¹ and A_iᵀ N⁻¹ from ONE stacked solve: two independent batched LAPACK solves in one
+    # program race and deadlock XLA:CPU (jaxlib 0.10.2; reproducer in tests/test_newton.py).
+    X = _solve(jnp.stack([_tr(M), _tr(N)]), jnp.stack([_tr(Aj), Ai]))
+    AjMinv, AiTNinv = _tr(X[0]), _tr(X[1])
     A = _mm(AjMinv, Ai)
     bb = _mm(AjMinv, bi + _mm(Ci, hj)) + bj
     C = _mm(_mm(AjMinv, Ci), _tr(Aj)) + Cj
-    N = eye + _mm(Gj, Ci)
-    AiTNinv = _tr(_solve(_tr(N), Ai))  # A_iᵀ N⁻¹
     h = _mm(AiTNinv, hj - _mm(Gj, bi)) + hi
     G = _mm(_mm(AiTNinv, Gj), Ai) + Gi
     C = 0.5 * (C + _tr(C))

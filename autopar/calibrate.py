@@ -68,6 +68,35 @@ def scan_program(cell):
     return run
 
 
+def _vjp_eqn_time(backend: str, repeats: int, T: int = 4096, D: int = 16) -> float:
+    """Seconds per VJP equation per step of a reverse lax.scan of per-step VJPs (a GRU-like cell)."""
+    dev = jax.devices(backend)[0]
+    rng = np.random.default_rng(0)
+    p = tuple(jax.device_put(jnp.asarray(rng.standard_normal(s) / 4, jnp.float32), dev) for s in [(D,), (D, D)])
+
+    def step(p, h, x):
+        z = jax.nn.sigmoid(p[0] * h + x @ p[1])
+        return (1 - z) * h + z * jnp.tanh(x @ p[1] + h)
+
+    hs = jax.device_put(jnp.asarray(rng.standard_normal((T, D)), jnp.float32), dev)
+
+    @jax.jit
+    def back(p, hs, xs, g):
+        def body(c, inp):
+            dp, dv = c
+            h, x, gt = inp
+            _, f = jax.vjp(step, p, h, x)
+            dpp, dh, dx = f(gt + dv)
+            return (jax.tree_util.tree_map(jnp.add, dp, dpp), dh), dx
+
+        zero = (jax.tree_util.tree_map(jnp.zeros_like, p), jnp.zeros((D,), jnp.float32))
+        return jax.lax.scan(body, zero, (hs, xs, g), reverse=True)
+
+    per_step = _time(back, p, hs, hs, hs, repeats=repeats) / T
+    n = costs.count_eqns(jax.make_jaxpr(lambda p, h, x, g: jax.vjp(step, p, h, x)[1](g))(p, hs[0], hs[0], hs[0]))
+    return max(per_step / max(n, 1), 1e-10)
+
+
 def _scan_per_step(cell, D: int, T: int, backend: str, repeats: int, dtype=jnp.float32) -> float:
     dev = jax.devices(backend)[0]
     h0 = jax.device_put(jnp.zeros((D,), dtype), dev)
@@ -204,12 +233,16 @@ def calibrate(backend: str | None = None, *, save: bool = True, repeats: int = 7
     parallel_overhead = _parallel_overhead(backend, repeats)
     log(f"parallel_overhead {parallel_overhead:.3g} s")
 
+    # 8. cost per equation of a step's VJP inside a reverse lax.scan (the sequential adjoint)
+    vjp_eqn_time = _vjp_eqn_time(backend, repeats)
+    log(f"vjp_eqn_time   {vjp_eqn_time:.3g} s")
+
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     out = costs.BackendConstants(
         step_overhead=float(step_overhead), seq_flops=float(seq_flops), par_flops=float(par_flops),
         level_overhead=float(L), bytes_per_s=float(bytes_per_s), scan_elem_time=float(E),
         op_overhead=float(op_overhead), complex_op_factor=float(complex_op_factor),
-        parallel_overhead=float(parallel_overhead),
+        parallel_overhead=float(parallel_overhead), vjp_eqn_time=float(vjp_eqn_time),
         source=f"calibrated {stamp} on {costs.device_key(backend)}",
     )
     if save:

@@ -73,6 +73,7 @@ class BackendConstants:
     op_overhead: float = 0.0  # s per non-fusable op (dot, reduction, gather, …) in a sequential step
     complex_op_factor: float = 1.0  # how much dearer such an op is on complex operands
     parallel_overhead: float = 0.0  # fixed s of a parallel program (extraction, custom_vjp, glue)
+    vjp_eqn_time: float = 2.0e-8  # s per equation of the step's VJP in a reverse lax.scan (it does not fuse)
     source: str = "default"  # "default", "calibrated <date>", "set_constants"
 
     def replace(self, **kw) -> "BackendConstants":
@@ -92,16 +93,17 @@ DEFAULTS = {
     # A cheap cell's lax.scan step costs ~10 ns here: sequential is very hard to beat.
     "cpu": BackendConstants(step_overhead=4.4e-9, seq_flops=4.2e10, par_flops=7.2e10, level_overhead=4.3e-6,
                             bytes_per_s=1.5e10, scan_elem_time=1.3e-9, op_overhead=8.5e-8, complex_op_factor=5.0,
-                            parallel_overhead=1.0e-5, source="default (2-core CPU, AMD EPYC)"),
+                            parallel_overhead=1.0e-5, vjp_eqn_time=2.0e-8,
+                            source="default (2-core CPU, AMD EPYC)"),
     # Not measured (no GPU available): published orders of magnitude for a data-centre GPU.
     # A sequential step is at least one kernel launch (~5 µs); vectorised work runs at tens of
     # TFLOP/s and ~2 TB/s, so parallel scans win by orders of magnitude at long T.
     "gpu": BackendConstants(step_overhead=5e-6, seq_flops=1.0e10, par_flops=2.0e13, level_overhead=1.5e-5,
                             bytes_per_s=2.0e12, scan_elem_time=1.0e-11, op_overhead=5e-6, complex_op_factor=1.0,
-                            parallel_overhead=5e-5, source="default (published GPU orders)"),
+                            parallel_overhead=5e-5, vjp_eqn_time=1e-6, source="default (published GPU orders)"),
     "tpu": BackendConstants(step_overhead=5e-6, seq_flops=1.0e10, par_flops=5.0e13, level_overhead=1.5e-5,
                             bytes_per_s=1.0e12, scan_elem_time=2.0e-11, op_overhead=5e-6, complex_op_factor=1.0,
-                            parallel_overhead=5e-5, source="default (published TPU orders)"),
+                            parallel_overhead=5e-5, vjp_eqn_time=1e-6, source="default (published TPU orders)"),
 }
 
 _OVERRIDES: dict[str, BackendConstants] = {}
@@ -331,3 +333,50 @@ def step_ops(jaxpr) -> tuple[float, float]:
         else:
             real += 1
     return real, cplx
+
+
+def count_eqns(jaxpr) -> int:
+    """Equations of ``jaxpr``, counting through call-like sub-jaxprs (jit, custom_jvp, …)."""
+    jp = jaxpr.jaxpr if isinstance(jaxpr, _compat.ClosedJaxpr) else jaxpr
+    n = 0
+    for eqn in jp.eqns:
+        sub = _compat.call_subjaxpr(eqn)
+        n += count_eqns(sub) if sub is not None else 1
+    return n
+
+
+def vjp_eqns(rec) -> int:
+    """Equations of one step's VJP w.r.t. (consts, v, x) — traced, never compiled.
+
+    A reverse ``lax.scan`` of per-step VJPs (the sequential adjoint) does not fuse into one loop
+    kernel the way a forward step does; on XLA:CPU its cost per step grows with this count
+    (measured 13–26 ns per equation on the 2-core development machine, ~4× for complex).
+    """
+    import jax
+
+    jp = rec.step_jaxpr
+    invars = jp.jaxpr.invars
+    n_disc = rec.n_discrete
+    avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in invars]
+    consts = [jax.ShapeDtypeStruct(np.shape(c), getattr(c, "dtype", np.float32)) for c in jp.consts]
+
+    def step(cs, v, xl, disc):
+        return _compat.eval_jaxpr(jp.jaxpr, list(cs), v, *disc, *xl)[0]
+
+    def vjp(cs, v, xl, disc, g):
+        fl = [c for c in cs]
+        _, f = jax.vjp(lambda cs_, v_, xl_: step(cs_, v_, xl_, disc), fl, v, xl)
+        return f(g)
+
+    v_aval = avals[0]
+    disc = avals[1 : 1 + n_disc]
+    xl = avals[1 + n_disc :]
+    float_x = [a for a in xl if np.issubdtype(np.dtype(a.dtype), np.inexact)]
+    if len(float_x) != len(xl) or any(not np.issubdtype(np.dtype(c.dtype), np.inexact) for c in consts):
+        # integer inputs or consts: differentiate w.r.t. v only (a lower bound on the work)
+        closed = jax.make_jaxpr(lambda v, g: jax.vjp(
+            lambda v_: _compat.eval_jaxpr(jp.jaxpr, list(jp.consts), v_, *[np.zeros(a.shape, a.dtype) for a in disc],
+                                          *[np.zeros(a.shape, a.dtype) for a in xl])[0], v)[1](g))(v_aval, v_aval)
+        return count_eqns(closed)
+    closed = jax.make_jaxpr(vjp)(consts, v_aval, xl, [np.zeros(a.shape, a.dtype) for a in disc], v_aval)
+    return count_eqns(closed)

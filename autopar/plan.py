@@ -191,7 +191,9 @@ def predict_backward(mode: str, facts: Any, rec: Any, K: costs.BackendConstants)
     fl = float(facts.get("step_flops", 1.0)) * cplx
     if mode == "sequential":
         # each step: one VJP (≈ 3 step evaluations) and the accumulation of the consts' cotangents
-        per = (K.step_overhead + 2.0 * _seq_step_ops(rec, K) + (3.0 * fl + const_floats * cplx) / K.seq_flops
+        # the reverse loop body does not fuse like a forward step: price it per VJP equation
+        body = max(2.0 * _seq_step_ops(rec, K), facts.get("vjp_eqns", 0) * K.vjp_eqn_time * cplx)
+        per = (K.step_overhead + body + (3.0 * fl + const_floats * cplx) / K.seq_flops
                + (2 * D * isz + 2 * xb) / K.bytes_per_s)
         return Prediction(T * per, 2.0 * T * D * isz + T * xb, 1.0, T * (3 * fl + const_floats), float(T))
     t_ex, w_ex = _extract(T, D, fl, st, isz, xb, K)

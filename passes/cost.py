@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autopar.costs import step_flops
+from autopar.costs import step_flops, vjp_eqns
 
 from .base import Pass
 
@@ -10,10 +10,15 @@ __all__ = ["CostPass"]
 
 
 class CostPass(Pass):
-    """Provides ``step_flops``: approximate flops of one evaluation of the step."""
+    """Provides ``step_flops`` (approximate flops of one step) and ``vjp_eqns`` (equations of one
+    step's VJP, which prices the sequential adjoint)."""
 
     name = "cost"
-    provides = ("step_flops",)
+    provides = ("step_flops", "vjp_eqns")
 
     def run(self, rec, facts):
-        return {"step_flops": max(step_flops(rec.step_jaxpr), 1.0)}
+        try:
+            n_vjp = vjp_eqns(rec) if rec.size else 0
+        except Exception:  # noqa: BLE001 - a cell JAX cannot differentiate: no gradient to price
+            n_vjp = 0
+        return {"step_flops": max(step_flops(rec.step_jaxpr), 1.0), "vjp_eqns": n_vjp}

@@ -330,3 +330,34 @@ def test_planning_inside_jit_with_traced_closed_over_params():
     g = jax.grad(loss)(a)
     ref = jax.grad(lambda a: jnp.sum(scan_states(lambda h, x: a * h + x, h0, xs)))(a)
     assert_trees_close(g, ref, rtol=1e-4)
+
+
+def test_vjp_equations_price_the_sequential_adjoint():
+    """The reverse lax.scan of per-step VJPs does not fuse like a forward step; its cost follows
+    the VJP's equation count. DeltaNet (d=4) is the case that exposed it: a 40 ns forward step but
+    a 63-equation VJP; measured on the 2-core CPU at T=65536 (benchmarks.run --grad), sequential
+    adjoint 57.9 ms vs linear adjoint 26 ms — the planner must pick the linear one."""
+    import numpy as np
+
+    from autopar.passes import analyse
+    from autopar.trace import trace_cell
+
+    d = 4
+    rng = np.random.default_rng(0)
+    Wk, Wv = (jnp.asarray(rng.standard_normal((d, d)), jnp.float32) for _ in range(2))
+
+    def deltanet(S, x):
+        k = x @ Wk
+        k = k / (jnp.linalg.norm(k) + 1e-6)
+        beta = jax.nn.sigmoid(x.sum())
+        return S - beta * jnp.outer(S @ k - x @ Wv, k)
+
+    def ema(h, x):
+        return 0.5 * h + x
+
+    rec = trace_cell(deltanet, jnp.zeros((d, d), jnp.float32), jnp.ones((65536, d), jnp.float32))
+    facts = analyse(rec)
+    small = analyse(trace_cell(ema, jnp.zeros(d, jnp.float32), jnp.ones((8, d), jnp.float32)))
+    assert facts["vjp_eqns"] > 3 * small["vjp_eqns"] > 0
+    plan = plan_mod.make_plan(rec, facts, backend="cpu")
+    assert plan.backward == "linear", plan.backward_reason

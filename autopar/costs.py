@@ -354,29 +354,19 @@ def vjp_eqns(rec) -> int:
     """
     import jax
 
-    jp = rec.step_jaxpr
-    invars = jp.jaxpr.invars
-    n_disc = rec.n_discrete
-    avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in invars]
-    consts = [jax.ShapeDtypeStruct(np.shape(c), getattr(c, "dtype", np.float32)) for c in jp.consts]
+    from .emit import _float_vjp  # lazy: emit imports plan, which imports this module
 
-    def step(cs, v, xl, disc):
+    jp = rec.step_jaxpr
+    avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in jp.jaxpr.invars]
+    consts = [jax.ShapeDtypeStruct(np.shape(c), getattr(c, "dtype", np.float32)) for c in jp.consts]
+    n_disc = rec.n_discrete
+
+    def step(cs, v, xt):  # the emitter's step signature: xt = (discrete state, x leaves)
+        disc, xl = xt
         return _compat.eval_jaxpr(jp.jaxpr, list(cs), v, *disc, *xl)[0]
 
-    def vjp(cs, v, xl, disc, g):
-        fl = [c for c in cs]
-        _, f = jax.vjp(lambda cs_, v_, xl_: step(cs_, v_, xl_, disc), fl, v, xl)
-        return f(g)
+    def adjoint_step(cs, v, xt, g):
+        return _float_vjp(step, cs, v, xt)[1](g)
 
-    v_aval = avals[0]
-    disc = avals[1 : 1 + n_disc]
-    xl = avals[1 + n_disc :]
-    float_x = [a for a in xl if np.issubdtype(np.dtype(a.dtype), np.inexact)]
-    if len(float_x) != len(xl) or any(not np.issubdtype(np.dtype(c.dtype), np.inexact) for c in consts):
-        # integer inputs or consts: differentiate w.r.t. v only (a lower bound on the work)
-        closed = jax.make_jaxpr(lambda v, g: jax.vjp(
-            lambda v_: _compat.eval_jaxpr(jp.jaxpr, list(jp.consts), v_, *[np.zeros(a.shape, a.dtype) for a in disc],
-                                          *[np.zeros(a.shape, a.dtype) for a in xl])[0], v)[1](g))(v_aval, v_aval)
-        return count_eqns(closed)
-    closed = jax.make_jaxpr(vjp)(consts, v_aval, xl, [np.zeros(a.shape, a.dtype) for a in disc], v_aval)
-    return count_eqns(closed)
+    xt = (avals[1 : 1 + n_disc], avals[1 + n_disc :])
+    return count_eqns(jax.make_jaxpr(adjoint_step)(consts, avals[0], xt, avals[0]))

@@ -16,6 +16,7 @@ are differentiable inputs of the emitted program.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -68,25 +69,14 @@ class StateLayout:
     def ravel(self, leaves: Sequence[Any]) -> tuple[jax.Array, list[jax.Array]]:
         """State leaves (pytree order) -> (flat vector, discrete leaves). Works batched over
         leading axes shared by all leaves only if called under vmap."""
-        vec_parts, disc = [], []
-        for info, leaf in zip(self.leaves, leaves):
-            if info.differentiable:
-                vec_parts.append(jnp.ravel(jnp.asarray(leaf)).astype(self.vec_dtype))
-            else:
-                disc.append(jnp.asarray(leaf))
-        vec = jnp.concatenate(vec_parts) if vec_parts else jnp.zeros((0,), self.vec_dtype)
-        return vec, disc
+        parts = [jnp.asarray(l).astype(self.vec_dtype) for i, l in zip(self.leaves, leaves) if i.differentiable]
+        disc = [jnp.asarray(l) for i, l in zip(self.leaves, leaves) if not i.differentiable]
+        return self.join(parts), disc
 
     def unravel(self, vec: jax.Array, discrete: Sequence[Any]) -> list[jax.Array]:
         """Inverse of :meth:`ravel` (one time step)."""
-        out, it = [], iter(discrete)
-        for info in self.leaves:
-            if info.differentiable:
-                part = vec[info.offset : info.offset + info.size].reshape(info.shape)
-                out.append(_cast_back(part, info.dtype))
-            else:
-                out.append(next(it))
-        return out
+        parts, disc = iter(self.split(vec)), iter(discrete)
+        return [_cast_back(next(parts), i.dtype) if i.differentiable else next(disc) for i in self.leaves]
 
     def split(self, vec: jax.Array) -> list[jax.Array]:
         """Flat vector -> the differentiable leaves in their shapes (kept in ``vec_dtype``)."""
@@ -166,7 +156,11 @@ class Recurrence:
         return outs[0], list(outs[1:])
 
     def signature(self) -> tuple:
-        """Hashable key of everything the analysis depends on (not const values)."""
+        """Hashable key of everything the analysis depends on (not const values); computed once."""
+        return self._signature
+
+    @functools.cached_property
+    def _signature(self) -> tuple:
         return (
             self.layout.treedef,
             tuple((l.shape, np.dtype(l.dtype).str) for l in self.layout.leaves),

@@ -18,6 +18,7 @@ from .api import parallelize as parallelize
 from .api import scan as scan
 from .emit import Info as Info
 from .errors import AutoparError as AutoparError
+from .errors import FallbackWarning as FallbackWarning
 from .report import Report as Report
 from .solvers import SOLVER_NAMES as SOLVER_NAMES
 

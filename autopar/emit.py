@@ -29,6 +29,7 @@ which supports forward mode at lax.scan's memory cost.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable
 
 import jax
@@ -36,8 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _compat
+from .errors import FallbackWarning
 from .plan import Plan
 from .solvers import Problem, get_solver
+from .solvers import convergence as cv
 from .solvers.linear import linear_scan, linearize_steps
 from .solvers.sequential import sequential_trajectory
 
@@ -84,9 +87,14 @@ class Info:
             except Exception:  # noqa: BLE001 - traced
                 return x
 
+        try:
+            why = self.fallback
+        except Exception:  # noqa: BLE001 - traced solver_index
+            why = None
+        fell = f", fallback={why!r}" if why else ""
         return (
             f"Info(solver={self.solver!r}, iterations={show(self.iterations)}, converged={show(self.converged)}, "
-            f"residual={show(self.residual)}, backward={self.backward!r})"
+            f"residual={show(self.residual)}, backward={self.backward!r}{fell})"
         )
 
 
@@ -177,7 +185,7 @@ def _expand(float_cts, primals):
 def _adjoint_linear(step, structure, consts, v0, xt, prev, g):
     f = lambda v, x: step(consts, v, x)  # noqa: E731
     _, a = linearize_steps(f, structure, prev, xt)  # J_1..J_T at the solution
-    at = jax.vmap(structure.transpose)(a)
+    at = jax.vmap(structure.transpose, axis_size=prev.shape[0])(a)
     # λ_t = ḡ_t + J_{t+1}ᵀ λ_{t+1}: reverse scan with factor M_t = J_{t+1}ᵀ (M_T unused, λ_{T+1} = 0)
     m = jax.tree_util.tree_map(lambda x: jnp.concatenate([x[1:], x[-1:]], axis=0), at)
     lam = linear_scan(structure, m, g, jnp.zeros_like(v0), reverse=True)
@@ -242,12 +250,33 @@ def build(rec, plan: Plan, *, with_residual: bool = False) -> Callable:
             vs, stats = solve(list(consts), v0, (disc_prev, list(x_leaves)))
         residual = jnp.asarray(jnp.nan, jnp.float32)
         if with_residual:
-            residual = _residual(rec, consts, v0, disc0, discs, x_leaves, vs)
+            residual = _residual(rec, plan, consts, v0, disc0, discs, x_leaves, vs)
         leaves = jax.vmap(layout.unravel)(vs, list(discs)) if T > 0 else _empty_leaves(layout, discs)
-        info = Info(stats[0], stats[1], stats[2], residual, stats[3], chain, plan.solver, plan.backward)
+        if plan.forced and len(chain) > 1:
+            _warn_on_fallback(stats[0], chain)
+        converged = stats[2]
+        if with_residual:  # a trajectory with NaN/inf in it is never "converged" (NaN inputs, overflow)
+            converged = converged & jnp.isfinite(residual)
+        info = Info(stats[0], stats[1], converged, residual, stats[3], chain, plan.solver, plan.backward)
         return leaves, info
 
     return run
+
+
+def _warn_on_fallback(solver_index, chain):
+    """A forced solver that fell back warns (``autopar.FallbackWarning``) when the program runs,
+    under jit too; under vmap, if any sequence fell back."""
+
+    def warn(idx):
+        idx = np.atleast_1d(np.asarray(idx))
+        if (idx != 0).any():
+            used = sorted({chain[int(i)] for i in idx if i != 0})
+            warnings.warn(
+                f"solver={chain[0]!r} was forced but did not converge; the result comes from its fallback "
+                f"{' / '.join(used)} (still exact). Check `info.converged` / `info.residual`, raise `max_iters`, "
+                "or let solver='auto' choose.", FallbackWarning, stacklevel=2)
+
+    jax.debug.callback(warn, solver_index)
 
 
 def _empty_leaves(layout, discs):
@@ -276,7 +305,7 @@ def _discrete_trajectory(rec, plan, consts, v0, disc0, x_leaves):
             b = g(zeros, x)
             return [g1 - b0 for g1, b0 in zip(g(ones, x), b)], b
 
-        a, b = jax.vmap(coeffs)(list(x_leaves))
+        a, b = jax.vmap(coeffs, axis_size=rec.length)(list(x_leaves))
         out = []
         for a_k, b_k, n0 in zip(a, b, disc0):
             b_k = b_k.at[0].add(a_k[0] * n0)
@@ -291,15 +320,14 @@ def _discrete_trajectory(rec, plan, consts, v0, disc0, x_leaves):
     return jax.lax.scan(body, list(disc0), list(x_leaves), length=rec.length)[1]
 
 
-def _residual(rec, consts, v0, disc0, discs, x_leaves, vs):
-    """max_t ‖v_t − f(v_{t−1}, x_t)‖∞ / (1 + max‖v‖∞), from one vmapped step (no gradient)."""
+def _residual(rec, plan, consts, v0, disc0, discs, x_leaves, vs):
+    """The per-element residual of ``autopar.solvers.convergence`` at the returned trajectory,
+    with the proven structure's J: max_{t,i} |v_{t,i} − f(v_{t−1}, x_t)_i| / s_{t,i}."""
     if rec.length == 0 or rec.size == 0:
         return jnp.zeros((), jnp.float32)
     vs = jax.lax.stop_gradient(vs)
     prev = _shift(v0, vs)
     disc_prev = [jnp.concatenate([d0[None], d[:-1]], 0) for d0, d in zip(disc0, discs)]
-    F = jax.vmap(lambda v, d, x: rec.step(consts, v, d, x)[0])
-    fv = F(prev, disc_prev, list(x_leaves))
-    err = jnp.max(jnp.abs(vs - fv))
-    scale = 1.0 + jnp.max(jnp.abs(vs))
-    return (err / scale).astype(jnp.float32)
+    f = lambda v, xt: rec.step(consts, v, *xt)[0]  # noqa: E731
+    fv, a = linearize_steps(f, plan.structure, prev, (disc_prev, list(x_leaves)))
+    return cv.stage_residual(plan.structure, a, prev, vs, fv)

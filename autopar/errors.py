@@ -11,11 +11,20 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["AutoparError", "validate_leaves", "check_same_structure", "raise_for_tracing_error"]
+__all__ = ["AutoparError", "FallbackWarning", "validate_leaves", "check_same_structure", "raise_for_tracing_error"]
 
 
 class AutoparError(ValueError):
     """Raised for invalid use of autopar (bad inputs, unsupported options)."""
+
+
+class FallbackWarning(UserWarning):
+    """A solver the user forced did not converge and its fallback chain produced the result.
+
+    The result is still right (the chain ends in the exact sequential solver); the warning says
+    the forced solver bought nothing. Filter it with
+    ``warnings.simplefilter("ignore", autopar.FallbackWarning)``.
+    """
 
 
 def _is_array_like(leaf: Any) -> bool:

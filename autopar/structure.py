@@ -87,6 +87,17 @@ class Structure:
     def transpose(self, a: Any) -> Any:
         raise NotImplementedError
 
+    def abs_matvec(self, a: Any, x: jax.Array) -> jax.Array:
+        """An elementwise upper bound of abs(J)·x for x ≥ 0 (abs(J): the entrywise modulus).
+
+        The default applies ``matvec`` to the moduli of the compact factors, a bound by the
+        triangle inequality whenever ``matvec`` is a sum of products of factor entries and v
+        with no sign of its own (every built-in kind). A kind whose ``matvec`` builds in a
+        sign (e.g. ``v − β k (kᵀv)`` from (β, k)) must override it. The Newton solvers use it
+        to scale their per-element stopping rule (``autopar.solvers.convergence``).
+        """
+        return jnp.real(self.matvec(jax.tree_util.tree_map(jnp.abs, a), x))
+
     def diagonal(self, a: Any) -> jax.Array:
         raise NotImplementedError
 

@@ -1,15 +1,22 @@
 r"""Tolerances, stopping rules, initial guesses and the fallback chain shared by the
 iterative (Newton-family) solvers.
 
-**Residual.** For a trajectory V = (v_1..v_T) the per-step defect is
-r_t = v_t − f(v_{t−1}, x_t) (v_0 given). Solvers report
+**Residual, per element.** For a trajectory V = (v_1..v_T) the one-step defect is
+r_t = v_t − f(v_{t−1}, x_t) (v_0 given). Each element is judged against its own scale,
 
-    res(V) = max_t ‖r_t‖∞ / (1 + max_t ‖v_t‖∞),
+    res(V) = max_{t,i} |r_{t,i}| / s_{t,i},    s_{t,i} = |v_{t,i}| + (|J_t|·|v_{t−1}|)_i,
 
-the same scale-relative measure ``Info.residual`` uses, and stop when
-res(V) ≤ tol. The check is on the *residual of the returned iterate* (evaluated
-as part of the next linearisation, so it costs no extra pass), not only on the size
-of the last update: a result flagged converged satisfies the recurrence to tol.
+with |J_t| the entrywise modulus of the Jacobian the stage linearises with (its proven
+structure for deer / elk, diag(J_t) for the quasi solvers; ``Structure.abs_matvec``).
+The second term is the magnitude of what flows into element i, so a small element
+computed from large ones (float32 cancellation: v_i = h_j − h_k with |h_j| ≈ 1e6) is
+held to the rounding floor of that computation — not to its own small size, which no
+iterate could meet — while one large element never hides errors in small ones. A
+stage stops when res(V) ≤ tol for the *returned* iterate (its residual comes from the
+linearisation the next iteration needs anyway, so the check costs no extra pass): a
+result flagged converged satisfies |v_{t,i} − f(v_{t−1}, x_t)_i| ≤ tol · s_{t,i} in
+every element of every step. ``Info.residual`` is the same measure with the proven
+structure's J (a quasi stage's scale is never larger, so its test is the stricter).
 
 **Tolerance.** ``tol`` defaults by dtype: 32·eps for float32 (≈ 3.8e-6), 1e-12
 for float64 (≈ 4500·eps, above the rounding floor of a log-depth scan), 1e-2 for
@@ -51,6 +58,8 @@ __all__ = [
     "default_max_iters",
     "shift",
     "residual",
+    "element_scale",
+    "stage_residual",
     "initial_guess",
     "StageResult",
     "run_chain",
@@ -91,10 +100,32 @@ def shift(v0, vs):
     return jnp.concatenate([v0[None], vs[:-1]], axis=0)
 
 
-def residual(vs, fv):
-    """max_t ‖v_t − f(v_{t−1})‖∞ / (1 + max_t ‖v_t‖∞) as a real scalar (NaN/inf propagate)."""
-    err = jnp.max(jnp.abs(vs - fv))
-    return err / (1.0 + jnp.max(jnp.abs(vs)))
+def element_scale(structure, a, prev, vs):
+    """s_{t,i} = |v_{t,i}| + (|J_t|·|v_{t−1}|)_i for every step (T, D), real."""
+    bound = jax.vmap(structure.abs_matvec, axis_size=vs.shape[0])(a, jnp.abs(prev))
+    return jnp.abs(vs) + bound
+
+
+def residual(vs, fv, scale):
+    """max_{t,i} |v_{t,i} − f(v_{t−1})_i| / scale_{t,i} as a float32 scalar.
+
+    NaN or inf in ``vs`` or ``fv`` gives inf (never "converged"); an exact zero defect counts
+    as zero whatever its scale; a finite defect on a zero scale gives the largest finite
+    float32 (not converged, but not "non-finite" either: a zero first iterate is normal).
+    """
+    if vs.size == 0:
+        return jnp.zeros((), jnp.float32)
+    err = jnp.abs(vs - fv)
+    finfo = jnp.finfo(err.dtype)
+    ratio = jnp.where(err == 0, 0.0, err / jnp.maximum(scale.astype(err.dtype), finfo.tiny))
+    r = jnp.minimum(jnp.max(ratio), finfo.max).astype(jnp.float32)
+    r = jnp.where(jnp.isinf(r), jnp.finfo(jnp.float32).max, r)  # a float64 ratio past float32's range
+    return jnp.where(jnp.all(jnp.isfinite(err)), r, jnp.inf)
+
+
+def stage_residual(structure, a, prev, vs, fv):
+    """``residual`` of ``vs`` with the per-element scale of the stage's Jacobian ``a``."""
+    return residual(vs, fv, element_scale(structure, a, prev, vs))
 
 
 def f_steps(f, prev, xt):
@@ -158,7 +189,7 @@ def history_length(problem, stage_iters: Sequence[int]) -> int:
 
 
 def sequential_stage(problem, V_init, history, count) -> StageResult:
-    vs = sequential_trajectory(problem.f, problem.v0, problem.xt)
+    vs = sequential_trajectory(problem.f, problem.v0, problem.xt, problem.length, problem.leaves)
     return StageResult(vs, jnp.asarray(True), jnp.asarray(0, jnp.int32), history, count)
 
 

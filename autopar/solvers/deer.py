@@ -36,32 +36,26 @@ from autopar.structure import Diagonal
 
 from . import convergence as cv
 from .base import Problem, Solver, register_solver
-from .linear import linear_scan, linearize_steps
+from .linear import linearize_steps, newton_update
 
-__all__ = ["Deer", "QuasiDeer", "newton_stage", "deer_update"]
+__all__ = ["Deer", "QuasiDeer", "newton_stage"]
 
 #: Default iteration caps (the user's ``max_iters`` overrides).
 DEER_MAX_ITERS = 64
 QUASI_MAX_ITERS = 256
 
 
-def deer_update(structure, v0, prev, fv, a):
-    """One Newton step: solve v_t = J_t v_{t−1} + (f(prev_t) − J_t prev_t) by a linear scan."""
-    b = fv - jax.vmap(structure.matvec)(a, prev)
-    return linear_scan(structure, a, b, v0)
-
-
 def newton_stage(linearize, structure, tol: float, max_iters: int):
-    """A chain stage running Newton iterations ``V ← deer_update(...)``.
+    """A chain stage running Newton iterations ``V ← newton_update(...)``.
 
     ``linearize(prev) -> (f values, compact J)`` in ``structure``.
     """
 
     def stage(problem: Problem, V, history, count):
         v0 = problem.v0
-        fv, a = linearize(cv.shift(v0, V))
-        r = cv.residual(V, fv).astype(jnp.float32)
-        r = jnp.where(jnp.isfinite(r), r, jnp.inf)
+        prev = cv.shift(v0, V)
+        fv, a = linearize(prev)
+        r = cv.stage_residual(structure, a, prev, V, fv)
         history = history.at[count].set(r)
         limit = cv.DIVERGENCE_FACTOR * jnp.maximum(r, 1.0)
 
@@ -71,11 +65,11 @@ def newton_stage(linearize, structure, tol: float, max_iters: int):
 
         def body(c):
             i, V, fv, a, r, best_V, best_r, hist, cnt, bad = c
-            Vn = deer_update(structure, v0, cv.shift(v0, V), fv, a)
-            fvn, an = linearize(cv.shift(v0, Vn))
-            rn = cv.residual(Vn, fvn).astype(jnp.float32)
+            Vn = newton_update(structure, v0, cv.shift(v0, V), fv, a)
+            prevn = cv.shift(v0, Vn)
+            fvn, an = linearize(prevn)
+            rn = cv.stage_residual(structure, an, prevn, Vn, fvn)
             ok = jnp.isfinite(rn) & cv.finite(Vn)
-            rn = jnp.where(ok, rn, jnp.inf)
             better = rn < best_r
             best_V = jnp.where(better, Vn, best_V)
             best_r = jnp.where(better, rn, best_r)
@@ -138,7 +132,7 @@ class Deer(Solver):
         from .elk import ELK_MAX_ITERS, elk_stage
 
         m2 = cv.options_max_iters(problem, ELK_MAX_ITERS)
-        return [newton_stage(linearize, st, tol, m), elk_stage(problem, quasi=False), cv.sequential_stage], [m, m2]
+        return [newton_stage(linearize, st, tol, m), elk_stage(problem, quasi=False), cv.sequential_stage], [m, m2 + 1]
 
     def solve(self, problem: Problem):
         return _solve(self, problem)
@@ -171,7 +165,7 @@ class QuasiDeer(Solver):
             return diagonal_steps(problem.f, problem.structure, prev, problem.xt)
 
         m2 = cv.options_max_iters(problem, ELK_MAX_ITERS)
-        return [newton_stage(linearize, Diagonal(D), tol, m), elk_stage(problem, quasi=True), cv.sequential_stage], [m, m2]
+        return [newton_stage(linearize, Diagonal(D), tol, m), elk_stage(problem, quasi=True), cv.sequential_stage], [m, m2 + 1]
 
     def solve(self, problem: Problem):
         return _solve(self, problem)

@@ -21,7 +21,7 @@ from autopar.structure import Identity, Structure, Zero
 
 from .base import Problem, Solver, converged_stats, register_solver
 
-__all__ = ["linearize_steps", "linear_scan", "Linear"]
+__all__ = ["linearize_steps", "linear_scan", "newton_update", "Linear"]
 
 
 def linearize_steps(f, structure: Structure, points, xt):
@@ -67,6 +67,13 @@ def linear_scan(structure: Structure, a, b, v0, *, reverse: bool = False):
         return compose(a2, a1), matvec(a2, b1) + b2
 
     return jax.lax.associative_scan(combine, (a, b))[1]
+
+
+def newton_update(structure: Structure, v0, prev, fv, a):
+    """One Newton (DEER) step at the iterate whose shifted states are ``prev``: solve
+    v_t = J_t v_{t−1} + (f(prev_t) − J_t prev_t) by one linear scan (``fv`` = f(prev_t), ``a`` = J_t)."""
+    b = fv - jax.vmap(structure.matvec, axis_size=prev.shape[0])(a, prev)
+    return linear_scan(structure, a, b, v0)
 
 
 @register_solver

@@ -82,3 +82,30 @@ def bind_eqn(eqn: JaxprEqn, values: Sequence[Any]) -> list[Any]:
     with eqn.ctx.manager:
         out = eqn.primitive.bind(*values, **params)
     return list(out) if eqn.primitive.multiple_results else [out]
+
+
+#: Primitive names of a ``jax.custom_vjp`` call in a jaxpr (the name has changed across JAX versions).
+CUSTOM_VJP_PRIMITIVES = frozenset({"custom_vjp_call", "custom_vjp_call_jaxpr"})
+
+
+def custom_vjp_names(closed_jaxpr: ClosedJaxpr | Jaxpr) -> list[str]:
+    """Names of the ``jax.custom_vjp`` functions called in ``closed_jaxpr``, sub-jaxprs included.
+
+    JAX cannot push forward-mode tangents through these; an empty list means it can.
+    """
+    jaxpr = getattr(closed_jaxpr, "jaxpr", closed_jaxpr)
+    out: list[str] = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in CUSTOM_VJP_PRIMITIVES:
+            sub = eqn.params.get("call_jaxpr") or eqn.params.get("fun_jaxpr")
+            info = getattr(getattr(sub, "jaxpr", sub), "debug_info", None)
+            name = eqn.params.get("name") or getattr(info, "func_name", None) or "<custom_vjp>"
+            out.append(str(name))
+        for sub in jaxprs_in_params(eqn.params):
+            out.extend(n for n in custom_vjp_names(sub) if n not in out)
+    return out
+
+
+def has_custom_vjp(closed_jaxpr: ClosedJaxpr | Jaxpr) -> bool:
+    """Whether ``closed_jaxpr`` calls a ``jax.custom_vjp`` function anywhere (no forward mode then)."""
+    return bool(custom_vjp_names(closed_jaxpr))

@@ -28,16 +28,6 @@ __all__ = ["parallelize", "Parallelized", "scan", "explain"]
 _KNOWN_OPTIONS = {"backward", "memory_budget", "init", "damping", "picard_warmup", "check", "chunk_size", "fallback"}
 
 
-FORWARD_MODE_MESSAGE = (
-    "autopar differentiates in reverse mode only: gradients come from an implicit adjoint "
-    "(a jax.custom_vjp around the solver), and JAX cannot push forward-mode tangents (jax.jvp, "
-    "jax.jacfwd, jax.hessian) through a custom_vjp. Use jax.grad / jax.vjp / jax.jacrev "
-    "(second derivatives: jax.jacrev(jax.jacrev(f))), or, for forward mode, build the recurrence "
-    "with solver='sequential' (or 'linear' for an affine cell) and backward='autodiff', which lets JAX "
-    "differentiate the solver itself at lax.scan's memory cost."
-)
-
-
 def _check_solver(solver: Any) -> None:
     if not isinstance(solver, str):
         raise TypeError(f"`solver` must be a string such as 'auto' or 'linear'; got {type(solver).__name__}: {solver!r}.")
@@ -130,8 +120,10 @@ class Parallelized:
             return self._jitted(consts, h0, xs, key=key, length=length, reverse=bool(reverse),
                                 return_info=bool(return_info))
         except TypeError as e:
+            # forward mode reached a jax.custom_vjp inside the user's cell (the only case left: every
+            # solver's own rule is a custom_jvp); name it
             if "forward-mode autodiff" in str(e) and "custom_vjp" in str(e):
-                raise AutoparError(FORWARD_MODE_MESSAGE) from e
+                raise AutoparError(emit.forward_mode_error(self._programs[key][0])) from e
             raise
 
     def explain(self, h0: Any, xs: Any = None, *, length: int | None = None) -> Report:

@@ -25,7 +25,8 @@ from .solvers import SOLVER_NAMES, get_solver
 __all__ = ["parallelize", "Parallelized", "scan", "explain"]
 
 
-_KNOWN_OPTIONS = {"backward", "memory_budget", "init", "damping", "picard_warmup", "check", "chunk_size", "fallback"}
+_KNOWN_OPTIONS = {"backward", "memory_budget", "init", "damping", "picard_warmup", "check", "chunk_size", "fallback",
+                  "unroll"}
 
 
 def _check_solver(solver: Any) -> None:
@@ -193,14 +194,24 @@ def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None, reve
     """Drop-in for ``jax.lax.scan``: ``f(carry, x) -> (carry, y)``; returns ``(carry, ys)``.
 
     The state update is solved by autopar; then every ``y`` comes from one vmapped
-    pass over (previous carry, x). ``unroll`` is accepted for signature compatibility
-    and used by the sequential solver only.
+    pass over (previous carry, x). ``unroll`` is validated as lax.scan does and used by the
+    sequential solver (and sequential fallbacks) only. A weakly typed ``init`` (a Python scalar)
+    is promoted to the body's carry dtype, as lax.scan does.
     """
     if not callable(f):
         raise TypeError(f"`f` must be callable as f(carry, x) -> (carry, y); got {type(f).__name__}: {f!r}.")
     validate_leaves(init, "init")
     validate_leaves(xs, "xs")
     T = trace.xs_length(xs, length)
+    unroll = jax.extend.core.concrete_or_error(
+        None, unroll, "The `unroll` argument to `scan` expects a concrete `int` or `bool` value.")
+    if isinstance(unroll, bool):
+        unroll = max(T, 1) if unroll else 1
+    if not isinstance(unroll, (int, np.integer)) or unroll < 0:
+        raise ValueError("`unroll` must be a `bool` or a non-negative `int`.")
+    if unroll != 1:
+        options = dict(options, unroll=int(unroll))
+    init = _promote_weak_init(f, init, xs)
     fn = parallelize(_state_cell(f), solver=solver, **options)
     out = fn(init, xs, length=length, reverse=reverse, return_info=return_info)
     hs, info = out if return_info else (out, None)
@@ -222,6 +233,29 @@ def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None, reve
         else:
             ys = jax.vmap(lambda c, x: f(c, x)[1])(prev, xs_ord)
     return ((carry, ys), info) if return_info else (carry, ys)
+
+
+def _promote_weak_init(f, init, xs):
+    """Weakly typed init leaves (Python scalars) cast to the body's carry-out dtype, as lax.scan."""
+    leaves, treedef = jax.tree_util.tree_flatten(init)
+    weak = [isinstance(l, (bool, int, float, complex)) or bool(getattr(l, "weak_type", False)) for l in leaves]
+    if not any(weak):
+        return init
+    x0 = None if xs is None else jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(np.shape(a)[1:], jnp.result_type(a)), xs)
+    try:
+        out = jax.eval_shape(lambda c, x: f(c, x)[0], init, x0)
+    except Exception:  # noqa: BLE001 - the trace proper reports the body's error
+        return init
+    out_leaves, out_tree = jax.tree_util.tree_flatten(out)
+    if out_tree != treedef:
+        return init
+    new = []
+    for l, w, o in zip(leaves, weak, out_leaves):
+        if w and (np.shape(l) != o.shape or jnp.result_type(l) != o.dtype):
+            l = jax.lax.convert_element_type(l, jnp.result_type(l, o))
+        new.append(l)
+    return jax.tree_util.tree_unflatten(treedef, new)
 
 
 def _empty_ys(f, init, xs):

@@ -375,7 +375,8 @@ def build(rec, plan: Plan, *, with_residual: bool = False) -> Callable:
                 return (v, disc), (v, disc)
 
             if plan.solver == "sequential":
-                _, (vs, discs) = jax.lax.scan(body, (v0, list(disc0)), list(x_leaves), length=T)
+                _, (vs, discs) = jax.lax.scan(body, (v0, list(disc0)), list(x_leaves), length=T,
+                                              unroll=plan.options.get("unroll", 1))
             else:
                 discs = _discrete_trajectory(rec, plan, consts, v0, disc0, x_leaves)
                 disc_prev = [jnp.concatenate([d0[None], d[:-1]], 0) for d0, d in zip(disc0, discs)]

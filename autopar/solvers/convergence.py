@@ -189,7 +189,8 @@ def history_length(problem, stage_iters: Sequence[int]) -> int:
 
 
 def sequential_stage(problem, V_init, history, count) -> StageResult:
-    vs = sequential_trajectory(problem.f, problem.v0, problem.xt, problem.length, problem.leaves)
+    vs = sequential_trajectory(problem.f, problem.v0, problem.xt, problem.length, problem.leaves,
+                               unroll=problem.options.get("unroll", 1))
     return StageResult(vs, jnp.asarray(True), jnp.asarray(0, jnp.int32), history, count)
 
 

@@ -8,8 +8,9 @@ import jax
 from .base import Problem, Solver, converged_stats, register_solver
 
 
-def sequential_trajectory(f, v0, xt, length=None, leaves=None):
-    """v_1..v_T of v_t = f(v_{t-1}, xt_t) by lax.scan (``length`` needed when ``xt`` has no leaves).
+def sequential_trajectory(f, v0, xt, length=None, leaves=None, unroll=1):
+    """v_1..v_T of v_t = f(v_{t-1}, xt_t) by lax.scan (``length`` needed when ``xt`` has no leaves;
+    ``unroll`` as lax.scan's, from ``autopar.scan(..., unroll=)``).
 
     With ``leaves = (split, join)`` the loop carries the state leaves in their own shapes: the
     reshapes around ``f`` then cancel inside the loop body (a flat carry cost up to 1.5× on a
@@ -22,14 +23,14 @@ def sequential_trajectory(f, v0, xt, length=None, leaves=None):
             c = split(f(join(c), x))
             return c, c
 
-        parts = jax.lax.scan(body_leaves, split(v0), xt, length=length)[1]
+        parts = jax.lax.scan(body_leaves, split(v0), xt, length=length, unroll=unroll)[1]
         return jax.vmap(join)(parts)
 
     def body(v, x):
         v = f(v, x)
         return v, v
 
-    return jax.lax.scan(body, v0, xt, length=length)[1]
+    return jax.lax.scan(body, v0, xt, length=length, unroll=unroll)[1]
 
 
 @register_solver
@@ -41,4 +42,6 @@ class Sequential(Solver):
         return True, "always exact"
 
     def solve(self, problem: Problem):
-        return sequential_trajectory(problem.f, problem.v0, problem.xt, problem.length, problem.leaves), converged_stats(problem.length)
+        vs = sequential_trajectory(problem.f, problem.v0, problem.xt, problem.length, problem.leaves,
+                                   unroll=problem.options.get("unroll", 1))
+        return vs, converged_stats(problem.length)

@@ -53,8 +53,11 @@ class Info:
     """What happened in a solve. Array fields are traced values under jit.
 
     ``solver`` is the name of the solver that produced the result (after any
-    fallback); ``iterations``, ``converged`` and ``residual`` (max over t of
-    ‖v_t − f(v_{t−1}, x_t)‖∞ relative to the state scale) describe the solve.
+    fallback; ``fallback`` says why); ``iterations`` the total over the stages that ran;
+    ``residual`` (with ``return_info=True``) the per-element one-step defect
+    max_{t,i} |v_{t,i} − f(v_{t−1}, x_t)_i| / (|v_{t,i}| + (|J_t|·|v_{t−1}|)_i); ``converged``
+    that the producing stage met its tolerance and the trajectory is finite
+    (``autopar.solvers.convergence`` has the exact guarantee).
     """
 
     solver_index: Any

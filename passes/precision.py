@@ -1,0 +1,101 @@
+"""Precision-lowering equations: rounding is not affine.
+
+``x.astype(bfloat16)``, ``lax.reduce_precision`` and a dot_general whose
+``preferred_element_type`` is narrower than its operands round their result to a
+coarser grid: ``round(a·h1 + b·h2) ≠ a·round(h1) + b·round(h2)``, so a cell that rounds an
+h-dependent value is *not* affine in h, even though every JVP JAX computes treats the
+rounding as the identity. (The linear solver composes J = "identity" maps and misses the
+rounding: up to 0.6 off ``lax.scan`` on bfloat16 round trips.)
+
+Every pass asks this module, so they agree:
+
+* ``rounds(eqn)`` — the equation lowers the precision of one of its float operands: its
+  float output has fewer mantissa bits or a narrower exponent range than a float operand
+  (``convert_element_type`` to a narrower float, ``dot_general`` / ``conv`` with a narrow
+  ``preferred_element_type``), or it is a ``reduce_precision`` to fewer bits than its dtype
+  has. Converting to a wider or equal float (f32 → f64, f32 → f32, f32 → complex64) does
+  not round. Float → integer conversions are not "rounding" here: the passes already treat
+  integer values as step functions of h (piecewise-constant, zero derivative).
+* ``storage_casts(rec)`` — the casts the state layout itself inserts (the flat state vector
+  is kept in a wider ``vec_dtype``; each leaf is cast back to its own dtype, e.g. a
+  bfloat16 leaf). Those round only to the precision the state is stored and compared in, as
+  ``lax.scan`` does at every step, so they are exempt.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from autopar import _compat
+from autopar.dtypes import is_inexact
+
+__all__ = ["rounds", "narrower", "storage_casts", "ROUNDING_CANDIDATES"]
+
+#: Primitives that can lower precision (anything else keeps its operands' dtype).
+ROUNDING_CANDIDATES = frozenset({"convert_element_type", "reduce_precision", "dot_general", "conv_general_dilated",
+                                 "ragged_dot", "ragged_dot_general"})
+
+
+def _finfo(dtype: Any):
+    import jax.numpy as jnp
+
+    return jnp.finfo(dtype)  # complex dtypes: the finfo of a component
+
+
+def narrower(src: Any, dst: Any) -> bool:
+    """Whether converting float ``src`` to float ``dst`` can round (fewer mantissa bits, or a
+    narrower exponent range). False when either side is not a float type."""
+    if not (is_inexact(src) and is_inexact(dst)):
+        return False
+    s, d = _finfo(src), _finfo(dst)
+    return bool(d.nmant < s.nmant or d.maxexp < s.maxexp or d.minexp > s.minexp)
+
+
+def _dtype(atom: Any):
+    return getattr(getattr(atom, "aval", None), "dtype", None)
+
+
+def rounds(eqn: Any, exempt: frozenset = frozenset()) -> bool:
+    """Whether ``eqn`` rounds a float operand to a lower precision (see the module doc)."""
+    name = eqn.primitive.name
+    if name not in ROUNDING_CANDIDATES or id(eqn) in exempt:
+        return False
+    if name == "reduce_precision":
+        dt = _dtype(eqn.invars[0])
+        if not is_inexact(dt):
+            return False
+        fi = _finfo(dt)
+        return bool(int(eqn.params["mantissa_bits"]) < fi.nmant or int(eqn.params["exponent_bits"]) < fi.nexp)
+    ins = [_dtype(a) for a in eqn.invars]
+    for ov in eqn.outvars:
+        od = _dtype(ov)
+        if any(narrower(i, od) for i in ins):
+            return True
+    return False
+
+
+_MOVES = frozenset({"slice", "reshape", "squeeze", "expand_dims", "real", "copy", "copy_p", "split"})
+
+
+def storage_casts(rec: Any) -> frozenset:
+    """ids of the top-level equations of ``rec.step_jaxpr`` that cast (slices of) the flat state
+    vector back to a state leaf's own dtype (see the module doc)."""
+    try:
+        jp = rec.step_jaxpr.jaxpr
+        leaf_dtypes = {np.dtype(l.dtype) for l in rec.layout.diff_leaves}
+        state = jp.invars[rec.state_invar]
+    except Exception:  # noqa: BLE001 - a Recurrence-like object without a layout: exempt nothing
+        return frozenset()
+    moved = {state}
+    out = set()
+    for eqn in jp.eqns:
+        if not eqn.invars or _compat.is_literal(eqn.invars[0]) or eqn.invars[0] not in moved:
+            continue
+        name = eqn.primitive.name
+        if name in _MOVES:
+            moved.update(eqn.outvars)
+        elif name == "convert_element_type" and np.dtype(eqn.params["new_dtype"]) in leaf_dtypes:
+            out.add(id(eqn))
+    return frozenset(out)

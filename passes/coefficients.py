@@ -37,7 +37,7 @@ from .base import Pass
 from .constfold import fold
 from .indexing import dynamic_slice_starts, gather_positions, scatter_positions
 from .interpret import CONTROL_FLOW, Domain, control_flow, propagate, propagate_known
-from .precision import rounds, storage_casts
+from .precision import Rounding, rounding_for
 from .sparsity import ELEMENTWISE
 
 __all__ = ["Const", "Lin", "TOP", "CoefficientDomain", "CoefficientPass", "coefficient_kind"]
@@ -103,10 +103,10 @@ class CoefficientDomain(Domain):
     name = "coefficients"
     const_fast_path = False
 
-    def __init__(self, exempt: frozenset = frozenset()) -> None:
+    def __init__(self, rounding: Rounding | None = None) -> None:
         super().__init__()
-        #: ids of equations allowed to lower precision (the state layout's own casts).
-        self.exempt = exempt
+        #: which equations count as rounding (``precision.rounding_for``).
+        self.rounds = rounding or Rounding()
 
     def const(self, aval):
         return Const(_new_tok() if _size(aval) == 1 else None)
@@ -149,7 +149,7 @@ class CoefficientDomain(Domain):
         if name in CONTROL_FLOW:
             self.known_in = known
             return control_flow(self, eqn, ins)
-        if _compat.is_custom_jvp(eqn) or rounds(eqn, self.exempt):
+        if _compat.is_custom_jvp(eqn) or self.rounds(eqn):
             return [TOP for _ in eqn.outvars]
         sub = _compat.call_subjaxpr(eqn)
         if sub is not None and len(sub.jaxpr.invars) == len(ins):
@@ -397,7 +397,7 @@ def coefficient_kind(rec: Any) -> str | None:
     if D == 0:
         return None
     jp = rec.step_jaxpr
-    dom = CoefficientDomain(exempt=storage_casts(rec))
+    dom = CoefficientDomain(rounding_for(rec))
     ins = [dom.const(v.aval) for v in jp.jaxpr.invars]
     ins[rec.state_invar] = Lin(np.arange(D), "one")
     out = propagate(jp, ins, dom)[0]

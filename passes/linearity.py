@@ -38,7 +38,7 @@ from autopar import _compat
 from autopar.dtypes import is_inexact
 from .base import Pass
 from .interpret import Domain, propagate
-from .precision import rounds, storage_casts
+from .precision import Rounding, rounding_for
 
 __all__ = ["CONSTANT", "STEP", "AFFINE", "PIECEWISE", "NONLINEAR", "DEGREE_NAMES", "DegreeDomain", "LinearityPass",
            "join", "degree"]
@@ -114,13 +114,13 @@ SMOOTH = frozenset(
 class DegreeDomain(Domain):
     name = "degree"
 
-    def __init__(self, exempt: frozenset = frozenset()) -> None:
+    def __init__(self, rounding: Rounding | None = None) -> None:
         super().__init__()
         from .rules import user_rules
 
         self.rules = user_rules("degree", self)
-        #: ids of equations allowed to lower precision (the state layout's own casts).
-        self.exempt = exempt
+        #: which equations count as rounding (``precision.rounding_for``).
+        self.rounds = rounding or Rounding()
 
     def const(self, aval):
         return CONSTANT
@@ -142,7 +142,7 @@ class DegreeDomain(Domain):
 
     def apply(self, eqn, ins):
         outs = self._apply(eqn, ins)
-        if rounds(eqn, self.exempt):
+        if self.rounds(eqn):
             # Rounding an affine / piecewise-linear value is neither (a step function stays one).
             outs = [NONLINEAR if o in (AFFINE, PIECEWISE) else o for o in outs]
         # Integer / bool values are step functions of h.
@@ -228,7 +228,7 @@ def degree(rec: Any) -> tuple[int, set[str]]:
     jp = rec.step_jaxpr
     ins = [CONSTANT] * len(jp.jaxpr.invars)
     ins[rec.state_invar] = AFFINE
-    dom = DegreeDomain(exempt=storage_casts(rec))
+    dom = DegreeDomain(rounding_for(rec))
     outs = propagate(jp, ins, dom)
     return int(outs[0]), set(dom.unknown)
 

@@ -16,10 +16,12 @@ Every pass asks this module, so they agree:
   has. Converting to a wider or equal float (f32 → f64, f32 → f32, f32 → complex64) does
   not round. Float → integer conversions are not "rounding" here: the passes already treat
   integer values as step functions of h (piecewise-constant, zero derivative).
-* ``storage_casts(rec)`` — the casts the state layout itself inserts (the flat state vector
-  is kept in a wider ``vec_dtype``; each leaf is cast back to its own dtype, e.g. a
-  bfloat16 leaf). Those round only to the precision the state is stored and compared in, as
-  ``lax.scan`` does at every step, so they are exempt.
+* ``rounding_for(rec)`` — the same predicate for one recurrence, with two exemptions:
+  the casts the state layout itself inserts (``storage_casts``: the flat state vector is
+  kept in a wider ``vec_dtype`` and each leaf is cast back to its own dtype, e.g. a
+  bfloat16 leaf), and any rounding to a precision at least that of the most precise state
+  leaf (a float32 cell computing in float64 and casting back to float32). Both round only
+  to the precision the state is stored and compared in, as ``lax.scan`` does at every step.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 from autopar import _compat
 from autopar.dtypes import is_inexact
 
-__all__ = ["rounds", "narrower", "storage_casts", "ROUNDING_CANDIDATES"]
+__all__ = ["rounds", "narrower", "storage_casts", "rounding_for", "Rounding", "ROUNDING_CANDIDATES"]
 
 #: Primitives that can lower precision (anything else keeps its operands' dtype).
 ROUNDING_CANDIDATES = frozenset({"convert_element_type", "reduce_precision", "dot_general", "conv_general_dilated",
@@ -57,8 +59,15 @@ def _dtype(atom: Any):
     return getattr(getattr(atom, "aval", None), "dtype", None)
 
 
-def rounds(eqn: Any, exempt: frozenset = frozenset()) -> bool:
-    """Whether ``eqn`` rounds a float operand to a lower precision (see the module doc)."""
+def _bits_below(fi, mantissa_bits: int, exponent_bits: int) -> bool:
+    return bool(mantissa_bits < fi.nmant or exponent_bits < fi.nexp)
+
+
+def rounds(eqn: Any, exempt: frozenset = frozenset(), floor: Any = None) -> bool:
+    """Whether ``eqn`` rounds a float operand to a lower precision (see the module doc).
+
+    ``exempt``: ids of equations never counted; ``floor``: a float dtype — rounding to a
+    precision at least ``floor``'s is not counted."""
     name = eqn.primitive.name
     if name not in ROUNDING_CANDIDATES or id(eqn) in exempt:
         return False
@@ -66,14 +75,41 @@ def rounds(eqn: Any, exempt: frozenset = frozenset()) -> bool:
         dt = _dtype(eqn.invars[0])
         if not is_inexact(dt):
             return False
-        fi = _finfo(dt)
-        return bool(int(eqn.params["mantissa_bits"]) < fi.nmant or int(eqn.params["exponent_bits"]) < fi.nexp)
+        m, e = int(eqn.params["mantissa_bits"]), int(eqn.params["exponent_bits"])
+        if not _bits_below(_finfo(dt), m, e):
+            return False
+        return floor is None or _bits_below(_finfo(floor), m, e)
     ins = [_dtype(a) for a in eqn.invars]
     for ov in eqn.outvars:
         od = _dtype(ov)
-        if any(narrower(i, od) for i in ins):
+        if any(narrower(i, od) for i in ins) and (floor is None or narrower(floor, od)):
             return True
     return False
+
+
+class Rounding:
+    """``rounds`` bound to one recurrence's exemptions (see ``rounding_for``)."""
+
+    def __init__(self, exempt: frozenset = frozenset(), floor: Any = None) -> None:
+        self.exempt = frozenset(exempt)
+        self.floor = floor
+
+    def __call__(self, eqn: Any) -> bool:
+        return rounds(eqn, self.exempt, self.floor)
+
+
+def rounding_for(rec: Any) -> Rounding:
+    """The rounding predicate of ``rec``: exempts its layout's casts and roundings to at least
+    the precision of its most precise float state leaf."""
+    floor = None
+    try:
+        dts = [l.dtype for l in rec.layout.diff_leaves if is_inexact(l.dtype)]
+        for d in dts:
+            if floor is None or narrower(d, floor):
+                floor = d
+    except Exception:  # noqa: BLE001 - a Recurrence-like object without a layout
+        floor = None
+    return Rounding(storage_casts(rec), floor)
 
 
 _MOVES = frozenset({"slice", "reshape", "squeeze", "expand_dims", "real", "copy", "copy_p", "split"})

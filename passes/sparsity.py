@@ -522,3 +522,42 @@ class SparsityPass(Pass):
             "custom_vjp": list(dom.custom_vjp),
             "custom_jvp": list(dom.custom_jvp),
         }
+
+
+def custom_jvp_elementwise(eqn: Any, depends: Sequence[bool]) -> bool:
+    """Whether the JVP rule of a custom_jvp call is elementwise in each operand flagged in
+    ``depends``: every output element's tangent reads at most the same element of that operand's
+    tangent (the operand has the output's shape, or is a scalar). False when the rule is not
+    available. Used by the quasi solvers' diagonal interpreter."""
+    rule = _compat.custom_jvp_rule(eqn)
+    if rule is None or len(eqn.outvars) != 1:
+        return False
+    jvp, out_zeros, nc = rule
+    if any(depends[:nc]):
+        return False
+    if out_zeros[0]:
+        return True
+    out_shape = tuple(eqn.outvars[0].aval.shape)
+    n = len(eqn.invars) - nc
+    for j in range(nc, len(eqn.invars)):
+        if not depends[j]:
+            continue
+        shape = tuple(eqn.invars[j].aval.shape)
+        if shape == ():
+            continue
+        if shape != out_shape:
+            return False
+        m = int(np.prod(shape, dtype=np.int64))
+        if m > 4096:
+            return False  # the check itself would cost O(m²) bits
+        dom = SparsityDomain(m)
+        ins: list[Any] = [None] * (2 * n)
+        ins[n + j - nc] = bits.eye(m).reshape(shape + (dom.W,))
+        res = propagate(jvp, ins, dom)
+        t = res[len(eqn.outvars)]
+        if t is None:
+            continue
+        B = bits.to_bool(t, out_shape, m).reshape(m, m)
+        if (B & ~np.eye(m, dtype=bool)).any():
+            return False
+    return True

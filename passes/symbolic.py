@@ -25,7 +25,7 @@ import numpy as np
 
 from autopar.dtypes import is_inexact
 from .base import Pass
-from .precision import rounds, storage_casts
+from .precision import Rounding, rounding_for
 
 __all__ = ["SymbolicPass", "symbolic_outputs", "MAX_D", "MAX_EQNS"]
 
@@ -108,7 +108,7 @@ def _arr(x, shape=()):
     return a
 
 
-def _eval(jaxpr, consts_syms, args, sp, sigma, exempt=frozenset()):
+def _eval(jaxpr, consts_syms, args, sp, sigma, rounding=None):
     from autopar import _compat
 
     jp = jaxpr.jaxpr
@@ -126,7 +126,7 @@ def _eval(jaxpr, consts_syms, args, sp, sigma, exempt=frozenset()):
         env[v] = a
     for eqn in jp.eqns:
         ins = [read(a) for a in eqn.invars]
-        outs = _rule(eqn, ins, sp, sigma, exempt)
+        outs = _rule(eqn, ins, sp, sigma, rounding)
         for var, val in zip(eqn.outvars, outs):
             env[var] = val
     return [read(v) for v in jp.outvars]
@@ -155,17 +155,17 @@ def _binary(fn):
     return lambda ins: np.vectorize(fn, otypes=[object])(ins[0], ins[1])
 
 
-def _rule(eqn, ins, sp, sigma, exempt=frozenset()):
+def _rule(eqn, ins, sp, sigma, rounding=None):
     from autopar import _compat
 
     name = eqn.primitive.name
     p = eqn.params
     shape = tuple(eqn.outvars[0].aval.shape) if eqn.outvars else ()
-    if rounds(eqn, exempt):
+    if (rounding or Rounding())(eqn):
         raise _Unsupported(f"{name} lowers the precision (rounding has no exact formula)")
     sub = _compat.call_subjaxpr(eqn)
     if sub is not None and name not in ("scan", "while", "cond"):
-        return _eval(sub, [_num(np.asarray(c), sp) for c in sub.consts], ins, sp, sigma, exempt)
+        return _eval(sub, [_num(np.asarray(c), sp) for c in sub.consts], ins, sp, sigma, rounding)
     table = {
         "add": _binary(lambda a, b: a + b), "sub": _binary(lambda a, b: a - b), "mul": _binary(lambda a, b: a * b),
         "div": _binary(lambda a, b: a / b), "neg": _unary(lambda a: -a), "exp": _unary(sp.exp), "log": _unary(sp.log),
@@ -251,7 +251,7 @@ def symbolic_outputs(rec: Any):
                 return None
         consts.append(np.array([sp.Symbol(f"w{k}_{i}", real=True) for i in range(n)], dtype=object).reshape(shp))
     try:
-        out = _eval(rec.step_jaxpr, consts, args, sp, sigma, storage_casts(rec))[0]
+        out = _eval(rec.step_jaxpr, consts, args, sp, sigma, rounding_for(rec))[0]
     except (_Unsupported, TypeError, ValueError):
         return None
     return list(np.asarray(out).reshape(-1)), hs

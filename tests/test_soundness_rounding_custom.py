@@ -337,3 +337,48 @@ def test_sweep_sound(name):
         assert facts.linear
     if name in ("reduce_precision", "bf16_round_trip", "custom_jvp_ste", "custom_jvp_mix"):
         assert not facts.linear
+
+
+# ---- details ------------------------------------------------------------------------------
+def test_mixed_precision_state_layout_casts_are_exempt():
+    """The layout keeps an f32 and an f64 leaf in one f64 vector and casts the f32 part back:
+    that is storage, not a rounding of the cell; rounding the f64 leaf to f32 is."""
+    s0 = {"a": jnp.zeros(2, F32), "b": jnp.zeros(3, F64)}
+    xs = jnp.ones((5, 3), F64)
+    lin = lambda s, x: {"a": 0.5 * s["a"] + 1.0, "b": 0.9 * s["b"] + x}  # noqa: E731
+    rec, facts = analyse_cell(lin, s0, xs)
+    assert facts.linear
+    assert_affine_combination(rec, rtol=1e-6)
+    rnd = lambda s, x: {"a": 0.5 * s["a"], "b": (0.9 * s["b"]).astype(F32).astype(F64) + x}  # noqa: E731
+    _, facts = analyse_cell(rnd, s0, xs)
+    assert not facts.linear
+
+
+def test_constfold_does_not_fold_inexact_conversions():
+    from autopar.passes.constfold import fold
+
+    def eqn_of(f, *args):
+        return jax.make_jaxpr(f)(*args).jaxpr.eqns[-1]
+
+    e = eqn_of(lambda v: v.astype(F32), np.ones(3, np.float64))
+    assert fold(e, [np.ones(3)]) is None  # narrowing float cast: XLA's rounding is not numpy's
+    e = eqn_of(lambda v: v.astype(jnp.int32), np.ones(3, np.float64))
+    assert fold(e, [np.array([1.0, np.nan, 2.0])]) is None
+    assert fold(e, [np.array([1.0, 3e10, 2.0])]) is None
+    np.testing.assert_array_equal(fold(e, [np.array([1.7, -2.5, 2.0])])[0], [1, -2, 2])
+    e = eqn_of(lambda v: v.astype(jnp.int8), np.ones(3, np.int32))
+    np.testing.assert_array_equal(fold(e, [np.array([1, 300, -2], np.int32)])[0], np.array([1, 300, -2]).astype(np.int8))
+
+
+def test_check_true_runs_on_custom_vjp_cells():
+    cell = lambda h, x: jnp.tanh(A @ clipg(h) + x)  # noqa: E731
+    out = autopar.parallelize(cell, check=True)(jnp.zeros(D, F64), _xs())
+    np.testing.assert_allclose(np.asarray(out), np.asarray(_oracle(cell, jnp.zeros(D, F64), _xs())), rtol=1e-9)
+
+
+def test_call_subjaxpr_is_only_for_calls():
+    closed = jax.make_jaxpr(lambda h: jax.lax.scan(lambda c, _: (c * 2.0, None), h, None, length=3)[0])(jnp.ones(2))
+    (eqn,) = closed.jaxpr.eqns
+    assert eqn.primitive.name == "scan" and _compat.call_subjaxpr(eqn) is None
+    closed = jax.make_jaxpr(lambda h: jax.checkpoint(jnp.sin)(h))(jnp.ones(2))
+    assert _compat.call_subjaxpr(closed.jaxpr.eqns[0]) is not None

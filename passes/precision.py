@@ -22,6 +22,11 @@ Every pass asks this module, so they agree:
   bfloat16 leaf), and any rounding to a precision at least that of the most precise state
   leaf (a float32 cell computing in float64 and casting back to float32). Both round only
   to the precision the state is stored and compared in, as ``lax.scan`` does at every step.
+
+Not modelled: a dot_general's ``precision`` parameter. With ``Precision.DEFAULT`` a float32
+matmul on a GPU (TF32) or TPU (bfloat16 passes) rounds its operands inside the unit; the
+analysis treats the arithmetic as exact (as it does every float operation), so a linear cell
+stays linear — the solvers ask for HIGHEST precision in their own combines.
 """
 
 from __future__ import annotations

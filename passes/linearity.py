@@ -14,7 +14,14 @@ The lattice (⊑), with its join written ⊔:
   a where / cond / gather whose selector depends on h, a product of an affine and a
   piecewise-constant value; Newton converges in finitely many steps;
 * nonlinear — anything else (and ``stop_gradient`` of an h-dependent value, whose JVP is
-  not its derivative, so the linear solver must not trust it).
+  not its derivative, so the linear solver must not trust it). Rounding an h-dependent value
+  to a lower precision (``astype(bfloat16)``, ``reduce_precision``, a narrow
+  ``preferred_element_type``; see ``precision``) is nonlinear too: rounding is not affine,
+  although its JVP is the identity.
+* custom_jvp calls: JAX differentiates them with their JVP rule, not with the primal, and
+  an affine primal with an arbitrary rule is not something the linear solver may trust, so
+  an h-dependent call is nonlinear — except that a piecewise-linear primal whose rule's
+  Jacobian is piecewise-constant in h (``jax.nn.relu``) stays piecewise-linear.
 
 Nested jaxprs recurse, ``cond`` joins its branches (⊔ piecewise-constant when the index
 depends on h), ``scan`` / ``while`` iterate to a fixpoint. The analysis is syntactic,
@@ -27,9 +34,11 @@ from typing import Any
 
 import numpy as np
 
+from autopar import _compat
 from autopar.dtypes import is_inexact
 from .base import Pass
 from .interpret import Domain, propagate
+from .precision import Rounding, rounding_for
 
 __all__ = ["CONSTANT", "STEP", "AFFINE", "PIECEWISE", "NONLINEAR", "DEGREE_NAMES", "DegreeDomain", "LinearityPass",
            "join", "degree"]
@@ -105,11 +114,13 @@ SMOOTH = frozenset(
 class DegreeDomain(Domain):
     name = "degree"
 
-    def __init__(self) -> None:
+    def __init__(self, rounding: Rounding | None = None) -> None:
         super().__init__()
         from .rules import user_rules
 
         self.rules = user_rules("degree", self)
+        #: which equations count as rounding (``precision.rounding_for``).
+        self.rounds = rounding or Rounding()
 
     def const(self, aval):
         return CONSTANT
@@ -131,6 +142,9 @@ class DegreeDomain(Domain):
 
     def apply(self, eqn, ins):
         outs = self._apply(eqn, ins)
+        if self.rounds(eqn):
+            # Rounding an affine / piecewise-linear value is neither (a step function stays one).
+            outs = [NONLINEAR if o in (AFFINE, PIECEWISE) else o for o in outs]
         # Integer / bool values are step functions of h.
         return [min(o, STEP) if not _inexact(v.aval) and o != CONSTANT else o for o, v in zip(outs, eqn.outvars)]
 
@@ -139,6 +153,8 @@ class DegreeDomain(Domain):
         n = len(eqn.outvars)
         if all(d == CONSTANT for d in ins) or name in self.rules:
             return super().apply(eqn, ins)
+        if _compat.is_custom_jvp(eqn):
+            return self._custom_jvp(eqn, ins)
         if name in INDEX_OPERANDS:
             sl = INDEX_OPERANDS[name]
             idx = ins[sl]
@@ -183,6 +199,24 @@ class DegreeDomain(Domain):
             return [_smooth(join(*ins))] * n
         return super().apply(eqn, ins)
 
+    def _custom_jvp(self, eqn, ins):
+        """An h-dependent custom_jvp call: nonlinear unless its primal is piecewise-linear and its
+        rule's Jacobian is piecewise-constant in h (see the module doc)."""
+        known = list(self.known_in)
+        sub = _compat.call_subjaxpr(eqn)
+        primal = propagate(sub, ins, self, known=known) if sub is not None else [NONLINEAR] * len(eqn.outvars)
+        rule = _compat.custom_jvp_rule(eqn)
+        dj = NONLINEAR
+        if rule is not None:
+            jvp, out_zeros, nc = rule
+            n = len(ins) - nc
+            # Tangents held constant: the tangent outputs' degree is that of J's entries in h.
+            res = propagate(jvp, list(ins[nc:]) + [CONSTANT] * n, self, known=known[nc:] + [None] * n)
+            dj = join(*res[len(eqn.outvars):])
+            if any(d != CONSTANT for d in ins[:nc]):
+                dj = NONLINEAR  # h-dependent closed-over constants: their derivative is not the rule's
+        return [PIECEWISE if (dp == PIECEWISE and dj <= STEP) else NONLINEAR for dp in primal]
+
 
 def _inexact(aval) -> bool:
     dt = getattr(aval, "dtype", None)
@@ -194,7 +228,7 @@ def degree(rec: Any) -> tuple[int, set[str]]:
     jp = rec.step_jaxpr
     ins = [CONSTANT] * len(jp.jaxpr.invars)
     ins[rec.state_invar] = AFFINE
-    dom = DegreeDomain()
+    dom = DegreeDomain(rounding_for(rec))
     outs = propagate(jp, ins, dom)
     return int(outs[0]), set(dom.unknown)
 

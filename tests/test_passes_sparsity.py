@@ -172,7 +172,7 @@ def test_scan_inside_cell_reaches_fixpoint():
         def body(c, xi):
             return jnp.roll(c, 1) * xi, c[0]
 
-        c, ys = jax.lax.scan(body, h, jnp.ones((3, 6)) * x)
+        c, ys = jax.lax.scan(body, h, jnp.ones((3, 6)) * x[None])
         return c + ys.sum()
 
     f = _run(cell)

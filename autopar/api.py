@@ -330,29 +330,30 @@ def parallelize(cell: Callable | None = None, *, solver: str = "auto", tol: floa
             with cap 64 for deer and elk, 256 for quasi-deer (Newton is exact after T).
         name: the name used in reports and log lines. Default: the cell's qualified name.
 
-    Keyword options (all optional):
-        backward: how gradients are computed. ``"auto"`` (default: the planner's choice),
-            ``"linear"`` (the adjoint recurrence as one reverse structured scan),
+    Other Parameters:
+        backward (str): how gradients are computed. ``"auto"`` (default: the planner's
+            choice), ``"linear"`` (the adjoint recurrence as one reverse structured scan),
             ``"sequential"`` (a reverse ``lax.scan`` of per-step VJPs) or ``"autodiff"`` (JAX
-            differentiates the forward solver itself; exact solvers only — enables forward mode).
-            Every mode but autodiff is the implicit adjoint, exact at the solution whatever the
-            forward solver.
-        check: ``True`` to verify the proven sparsity against ``jax.jacfwd`` of the step at a few
-            random points during analysis (slow; for debugging passes and rules). Default False.
-        chunk_size: reserved; accepted, but the chunked solvers currently pick their own
+            differentiates the forward solver itself; exact solvers only — enables forward
+            mode). Every mode but autodiff is the implicit adjoint, exact at the solution
+            whatever the forward solver.
+        check (bool): ``True`` verifies the proven sparsity against ``jax.jacfwd`` of the step at
+            a few random points during analysis (slow; for debugging passes and rules).
+            Default False.
+        chunk_size (int): reserved; accepted, but the chunked solvers currently pick their own
             chunk length.
-        damping: the initial Levenberg–Marquardt damping λ of the ELK solvers (adapted by a trust
-            region afterwards). Default 0.01.
-        fallback: ``True`` (default) runs the solver's fallback chain (deer → elk → sequential)
-            when it does not converge; ``False`` returns the planned solver's best iterate, with
-            ``info.converged`` False.
-        init: the first iterate of the Newton solvers: ``"zeros"`` (default), ``"h0"``
-            (every step at h0), ``"picard"`` (one Picard sweep) or a (T, D) array (the flat
-            state trajectory, e.g. a previous solution).
-        memory_budget: bytes a solver may keep alive; a candidate predicted to exceed it is never
-            chosen. Default ``None``: half the device memory (of physical RAM on a CPU).
-        picard_warmup: ``k`` Picard sweeps before Newton (each makes one more step exact); implies
-            ``init="picard"``. Default 0.
+        damping (float): the initial Levenberg–Marquardt damping λ of the ELK solvers (adapted by
+            a trust region afterwards). Default 0.01.
+        fallback (bool): ``True`` (default) runs the solver's fallback chain (deer → elk →
+            sequential) when it does not converge; ``False`` returns the planned solver's best
+            iterate, with ``info.converged`` False (and compiles a smaller program).
+        init (str | array): the first iterate of the Newton solvers: ``"zeros"`` (default),
+            ``"h0"`` (every step at h0), ``"picard"`` (one Picard sweep) or a (T, D) array (the
+            flat state trajectory, e.g. a previous solution).
+        memory_budget (float): bytes a solver may keep alive; a candidate predicted to exceed it
+            is never chosen. Default ``None``: half the device memory (of physical RAM on a CPU).
+        picard_warmup (int): ``k`` Picard sweeps before Newton (each makes one more step exact);
+            implies ``init="picard"``. Default 0.
 
     Returns:
         A :class:`Parallelized` (or, without ``cell``, a decorator that makes one). Analysis
@@ -414,9 +415,25 @@ def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None, reve
          unroll: int | bool = 1, *, solver: str = "auto", return_info: bool = False, **options: Any):
     """Drop-in for ``jax.lax.scan``: ``f(carry, x) -> (carry, y)``; returns ``(carry, ys)``.
 
-    The state update is solved by autopar; then every ``y`` comes from one vmapped
-    pass over (previous carry, x). ``unroll`` is accepted for signature compatibility
-    and used by the sequential solver only.
+    The carry recurrence is solved by autopar (as :func:`parallelize` would, with the same
+    options); then every ``y`` comes from one vmapped pass of ``f`` over (previous carry, x).
+    Calling it again with the same ``f`` object reuses the analysis and compiled program.
+
+    Args:
+        f: the body, ``f(carry, x) -> (new_carry, y)`` as for ``lax.scan``.
+        init: the initial carry, any pytree of arrays.
+        xs: the inputs, time axis first (``None`` with ``length``).
+        length: T when ``xs`` is None.
+        reverse: scan from the end, like ``lax.scan(..., reverse=True)``.
+        unroll: accepted for signature compatibility; ignored.
+        solver: as for :func:`parallelize`.
+        return_info: also return the solve's :class:`autopar.Info`.
+        **options: any option of :func:`parallelize` (``backward``, ``tol``, ``max_iters``, …).
+
+    Returns:
+        ``(carry, ys)``: the final carry (a pytree like ``init``) and the stacked ``y``
+        (every leaf with a leading axis of length T). With ``return_info=True``,
+        ``((carry, ys), info)`` — the pair first, then the info.
     """
     if not callable(f):
         raise TypeError(f"`f` must be callable as f(carry, x) -> (carry, y); got {type(f).__name__}: {f!r}.")
@@ -477,5 +494,8 @@ def _empty_ys(f, init, xs):
 
 
 def explain(f: Callable, init: Any, xs: Any = None, length: int | None = None, *, solver: str = "auto", **options: Any) -> Report:
-    """Report for a ``lax.scan``-style ``f(carry, x) -> (carry, y)``."""
+    """The :class:`~autopar.report.Report` for a ``lax.scan``-style ``f(carry, x) -> (carry, y)``.
+
+    What :func:`scan` with the same arguments would prove and run; nothing is compiled.
+    """
     return parallelize(_state_cell(f), solver=solver, **options).explain(init, xs, length=length)

@@ -168,3 +168,22 @@ def test_logger_says_what_is_built(caplog):
     assert any(m.startswith("analysed 'half'") and "structure scalar" in m for m in msgs), msgs
     assert any(m.startswith("building 'half': solver linear") for m in msgs), msgs
     assert sum(m.startswith("compiled 'half' in") for m in msgs) == 1, msgs
+
+
+def test_package_is_typed_and_calibrate_resolves():
+    from pathlib import Path
+
+    assert (Path(autopar.__file__).parent / "py.typed").exists()
+    import autopar.calibrate as mod
+
+    assert autopar.calibrate is mod and callable(autopar.calibrate)
+    assert autopar.calibrate.calibrate.__module__ == "autopar.calibrate"
+
+
+def test_help_lists_every_option():
+    from autopar.api import _KNOWN_OPTIONS
+
+    doc = autopar.parallelize.__doc__
+    for opt in sorted(_KNOWN_OPTIONS | {"solver", "tol", "max_iters", "name"}):
+        assert f"{opt} (" in doc or f"{opt}:" in doc, opt
+    assert "Returns:" in autopar.Parallelized.__call__.__doc__ and "return_info=True" in autopar.scan.__doc__

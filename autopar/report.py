@@ -111,6 +111,15 @@ def _candidate_reason(c: Any, structure: Any) -> str:
     return note.format(kind=structure.kind)
 
 
+def _formula_lines(formula: str, max_lines: int = 4) -> list[str]:
+    """One line per element's formula, at most ``max_lines``; the rest counted, not cut."""
+    eqs = formula.split("; ")
+    lines = [f"formula: {eqs[0]}"] + [f"         {e}" for e in eqs[1:max_lines]]
+    if len(eqs) > max_lines:
+        lines.append(f"         … ({len(eqs) - max_lines} more: report.facts['formula'])")
+    return lines
+
+
 def _short(value: Any, width: int = 70) -> str:
     if isinstance(value, np.ndarray) or hasattr(value, "shape") and hasattr(value, "dtype"):
         arr = np.asarray(value)
@@ -230,7 +239,7 @@ class Report:
         lines.append(f"structure of J = ∂h_new/∂h: {st.describe()}  (extraction: {self._extraction()})")
         lines.append(f"degree in h: {self.degree}  (linear: {self.linear})")
         if self.facts.get("formula"):
-            lines.append(f"formula: {self.facts['formula']}")
+            lines += _formula_lines(str(self.facts["formula"]))
         if self.conservative:
             lines.append(f"handled conservatively (no rule; assumed dense): {', '.join(self.conservative)}")
         for note in self.facts.get("notes", []):

@@ -56,15 +56,17 @@ def _check_solver(solver: Any) -> None:
 class Parallelized:
     """A recurrence step ``cell(h, x) -> h_new`` made parallel over time.
 
-    Made by :func:`parallelize`; see there for the options. Call as
-    ``fn(h0, xs)`` (see :meth:`__call__`); ``fn.explain(h0, xs)`` returns a
-    :class:`~autopar.report.Report`.
+    Made by `parallelize`; see there for the options. Call as
+    ``fn(h0, xs)`` (see `__call__`); ``fn.explain(h0, xs)`` returns a
+    `Report`.
 
     Analysis and compilation are cached per input signature (pytree structure,
     shapes, dtypes of ``h0`` and ``xs``, and ``length``/``reverse``): the first call
     at a signature traces, analyses and compiles (logged on the ``"autopar"``
     logger), later calls only run. ``return_info`` does not change the compiled
-    program.
+    program. Inside an outer ``jax.jit`` the trace and analysis are reused, and XLA
+    compiles the outer program (with this one inlined) once per outer signature —
+    JAX cannot reuse an executable inside another program.
 
     As a class attribute it is a descriptor, like a function: ``instance.step``
     is the cell with ``self`` bound (``step(self, h, x)``), sharing this object's
@@ -191,7 +193,7 @@ class Parallelized:
             length: T, needed when ``xs`` is None; otherwise it must equal the leading axis.
             reverse: run from t = T down to 1, like ``lax.scan(..., reverse=True)``; the
                 result is still indexed by t.
-            return_info: also return an :class:`autopar.Info`.
+            return_info: also return an `Info`.
 
         Returns:
             ``hs``, a pytree like ``h0`` whose every leaf has a leading time axis of length T
@@ -356,7 +358,7 @@ def parallelize(cell: Callable | None = None, *, solver: str = "auto", tol: floa
             implies ``init="picard"``. Default 0.
 
     Returns:
-        A :class:`Parallelized` (or, without ``cell``, a decorator that makes one). Analysis
+        A `Parallelized` (or, without ``cell``, a decorator that makes one). Analysis
         and compilation happen at the first call for each input signature; set
         ``logging.getLogger("autopar").setLevel("INFO")`` to see what is built and how long it
         took.
@@ -415,7 +417,7 @@ def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None, reve
          unroll: int | bool = 1, *, solver: str = "auto", return_info: bool = False, **options: Any):
     """Drop-in for ``jax.lax.scan``: ``f(carry, x) -> (carry, y)``; returns ``(carry, ys)``.
 
-    The carry recurrence is solved by autopar (as :func:`parallelize` would, with the same
+    The carry recurrence is solved by autopar (as `parallelize` would, with the same
     options); then every ``y`` comes from one vmapped pass of ``f`` over (previous carry, x).
     Calling it again with the same ``f`` object reuses the analysis and compiled program.
 
@@ -426,9 +428,9 @@ def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None, reve
         length: T when ``xs`` is None.
         reverse: scan from the end, like ``lax.scan(..., reverse=True)``.
         unroll: accepted for signature compatibility; ignored.
-        solver: as for :func:`parallelize`.
-        return_info: also return the solve's :class:`autopar.Info`.
-        **options: any option of :func:`parallelize` (``backward``, ``tol``, ``max_iters``, …).
+        solver: as for `parallelize`.
+        return_info: also return the solve's `Info`.
+        **options: any option of `parallelize` (``backward``, ``tol``, ``max_iters``, …).
 
     Returns:
         ``(carry, ys)``: the final carry (a pytree like ``init``) and the stacked ``y``
@@ -494,8 +496,8 @@ def _empty_ys(f, init, xs):
 
 
 def explain(f: Callable, init: Any, xs: Any = None, length: int | None = None, *, solver: str = "auto", **options: Any) -> Report:
-    """The :class:`~autopar.report.Report` for a ``lax.scan``-style ``f(carry, x) -> (carry, y)``.
+    """The `Report` for a ``lax.scan``-style ``f(carry, x) -> (carry, y)``.
 
-    What :func:`scan` with the same arguments would prove and run; nothing is compiled.
+    What `scan` with the same arguments would prove and run; nothing is compiled.
     """
     return parallelize(_state_cell(f), solver=solver, **options).explain(init, xs, length=length)

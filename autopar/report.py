@@ -210,7 +210,7 @@ class Report:
     @property
     def pattern_summary(self) -> str | None:
         """The sparsity pattern in one line ("diagonal (64)", "4 blocks of 16 (permuted)"), or None
-        when only a picture says it (see :meth:`pattern`)."""
+        when only a picture says it (see `pattern`)."""
         return summarize_pattern(self.sparsity)
 
     def pattern(self, max_rows: int | None = None) -> str:

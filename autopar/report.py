@@ -97,10 +97,10 @@ def summarize_pattern(pattern: np.ndarray) -> str | None:
 #: is kept for the candidates that do not apply: it says why not).
 _SOLVER_NOTES = {
     "sequential": "lax.scan: always exact; T dependent steps",
-    "deer": "Newton with J in the proven structure ({kind}); falls back to elk",
-    "quasi-deer": "Newton with diag(J): cheaper, more iterations; falls back to quasi-elk",
-    "elk": "trust-region Newton (parallel Kalman smoother): for unstable or chaotic cells",
-    "quasi-elk": "elk with diag(J), an elementwise smoother: for unstable cells",
+    "deer": "Newton, J in its proven structure ({kind})",
+    "quasi-deer": "Newton with diag(J): cheaper steps, more of them",
+    "elk": "trust-region Newton (Kalman smoother): unstable cells",
+    "quasi-elk": "elk with diag(J), elementwise: unstable cells",
 }
 
 

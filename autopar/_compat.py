@@ -182,6 +182,11 @@ def inline_custom_vjp(closed_jaxpr: ClosedJaxpr) -> ClosedJaxpr:
     return out
 
 
+def has_custom_vjp(jaxpr: ClosedJaxpr | Jaxpr) -> bool:
+    """Whether ``jaxpr`` calls a custom_vjp anywhere (nested calls and loops included)."""
+    return _has_custom_vjp(jaxpr.jaxpr if isinstance(jaxpr, ClosedJaxpr) else jaxpr)
+
+
 def eval_jaxpr_inlined(jaxpr: Jaxpr, consts: Sequence[Any], *args: Any) -> list[Any]:
     """``eval_jaxpr`` with every custom_vjp call replaced by its primal (see ``inline_custom_vjp``)."""
     jp = jaxpr.jaxpr if isinstance(jaxpr, ClosedJaxpr) else jaxpr

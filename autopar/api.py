@@ -161,7 +161,7 @@ class Parallelized:
         if reverse:
             xs = jax.tree_util.tree_map(lambda a: jnp.flip(a, 0), xs)
         rec, facts, p = self._programs[key]
-        program = emit.build(rec, p, with_residual=False)
+        program = emit.build(rec, p)
         leaves, info = program(consts, jax.tree_util.tree_leaves(h0), jax.tree_util.tree_leaves(xs))
         if reverse:
             leaves = [jnp.flip(l, 0) for l in leaves]
@@ -169,16 +169,12 @@ class Parallelized:
         return hs, info
 
     def _residual(self, consts, h0, xs, hs, key, reverse=False):
-        """max_t ‖v_t − f(v_{t−1}, x_t)‖∞ / (1 + max‖v‖∞) of a returned trajectory."""
-        rec, _, _ = self._programs[key]
-        if rec.length == 0 or rec.size == 0:
-            return jnp.zeros((), jnp.float32)
+        """``emit.residual`` of a returned trajectory (a program of its own; see ``emit.residual``)."""
+        rec, _, p = self._programs[key]
         flip = (lambda a: jnp.flip(a, 0)) if reverse else (lambda a: a)
         x_leaves = [flip(a) for a in jax.tree_util.tree_leaves(xs)]
         h_leaves = [flip(a) for a in jax.tree_util.tree_leaves(hs)]
-        v0, disc0 = rec.layout.ravel(jax.tree_util.tree_leaves(h0))
-        vs, discs = jax.vmap(rec.layout.ravel)(h_leaves)
-        return emit._residual(rec, consts, v0, disc0, list(discs), x_leaves, vs)
+        return emit.residual(rec, p, consts, jax.tree_util.tree_leaves(h0), h_leaves, x_leaves)
 
     # ---- public ------------------------------------------------------------------
     def __call__(self, h0: Any, xs: Any = None, *, length: int | None = None, reverse: bool = False,
@@ -199,8 +195,9 @@ class Parallelized:
             ``hs``, a pytree like ``h0`` whose every leaf has a leading time axis of length T
             (``hs[t]`` is the state after step t+1; ``h0`` is not included). With
             ``return_info=True``, the pair ``(hs, info)``: ``info.solver`` (after any fallback),
-            ``info.iterations``, ``info.converged``, ``info.residual`` (max over t of
-            ‖h_t − cell(h_{t−1}, x_t)‖∞ relative to the state scale) and ``info.fallback``.
+            ``info.iterations``, ``info.converged``, ``info.residual`` (the one-step defect
+            h_t − cell(h_{t−1}, x_t), each element against its own scale: see `Info`) and
+            ``info.fallback``.
         """
         validate_leaves(h0, "h0")
         validate_leaves(xs, "xs")
@@ -226,8 +223,9 @@ class Parallelized:
             self._log_compile(sig, consts, h0, xs, kw)
             hs, info = self._jitted(consts, h0, xs, **kw)
             if return_info:
-                info = dataclasses.replace(info, residual=self._residual_jitted(consts, h0, xs, hs, key=key,
-                                                                                reverse=bool(reverse)))
+                res = self._residual_jitted(consts, h0, xs, hs, key=key, reverse=bool(reverse))
+                # a trajectory with NaN/inf in it is never "converged" (NaN inputs, overflow)
+                info = dataclasses.replace(info, residual=res, converged=info.converged & jnp.isfinite(res))
         except TypeError as e:
             if "forward-mode autodiff" in str(e) and "custom_vjp" in str(e):
                 raise AutoparError(FORWARD_MODE_MESSAGE) from e

@@ -322,6 +322,15 @@ def _backward_mode(backward, solver, rec, facts, K, blockers, budget) -> tuple[s
         if solver == "sequential":
             return "autodiff", "the float recurrence is not separable (integer leaves read it, or it is empty)"
         return backward, f"forced by backward={backward!r}"
+    if facts.get("custom_vjp"):
+        # The adjoint must apply the cell's own backward rule, as lax.scan's gradient does; the
+        # linear adjoint reads J from forward mode, which a custom_vjp does not have.
+        why = (f"the cell calls a custom_vjp ({', '.join(facts['custom_vjp'])}) on the state: its backward "
+               "rule applies per step, as in lax.scan's gradient")
+        if backward == "linear":
+            raise ValueError(f"backward='linear' cannot be used: {why}. Use backward='sequential' (or 'auto').")
+        if backward == "auto":
+            return "sequential", why
     if backward == "linear" and blockers:
         raise ValueError(
             "backward='linear' needs the adjoint recurrence in a parallel form, but "

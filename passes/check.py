@@ -71,10 +71,7 @@ def random_step_inputs(rec, rng, scale=1.0):
 def primal_step(rec: Any, consts: Any, disc: Any, xl: Any):
     """``v -> rec.step(consts, v, disc, xl)[0]`` with custom_vjp calls inlined as their primals
     (``jax.jacfwd`` cannot enter a custom_vjp; the forward Jacobian is the primal's)."""
-    from autopar import _compat
-
-    jp = rec.step_jaxpr.jaxpr
-    return lambda u: _compat.eval_jaxpr_inlined(jp, list(consts), u, *disc, *xl)[0]
+    return lambda u: rec.primal_step(list(consts), u, disc, xl)[0]
 
 
 def check_facts(rec: Any, facts: Any, n_points: int = 3, seed: int = 0, scale: float = 1.0) -> bool:

@@ -193,7 +193,7 @@ def _d_to_U(ctx: Ctx, sym: Sym) -> Sym:
     if o != [apos]:
         _fail("diagonal part with extra axes")
     d_c = jnp.transpose(d, b + o)  # (B..., q)
-    Vn = d_c[..., :, None] * jnp.eye(q, dtype=d_c.dtype)  # (B..., q(ℓ), q(i))
+    Vn = d_c[..., :, None] * jnp.broadcast_to(jnp.eye(q, dtype=d_c.dtype), d_c.shape + (q,))  # (B..., q(ℓ), q(i))
     eye_shape = [1] * len(sj) + [q]
     eye_shape[apos] = q
     Un = jnp.broadcast_to(jnp.eye(q, dtype=d_c.dtype).reshape(eye_shape), sj + (q,))

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import emit, plan as plan_mod, trace
+from . import config, emit, plan as plan_mod, trace
 from .errors import AutoparError, validate_leaves
 from .passes import analyse, facts_valid_for
 from .report import Report
@@ -39,6 +39,8 @@ FORWARD_MODE_MESSAGE = (
 
 
 def _check_solver(solver: Any) -> None:
+    if solver is None:  # the default: autopar.config.solver(), resolved (and validated) per call
+        return
     if not isinstance(solver, str):
         raise TypeError(f"`solver` must be a string such as 'auto' or 'linear'; got {type(solver).__name__}: {solver!r}.")
     if solver != "auto":
@@ -53,7 +55,7 @@ class Parallelized:
     ``fn.explain(h0, xs)`` → a ``Report``.
     """
 
-    def __init__(self, cell: Callable, *, solver: str = "auto", tol: float | None = None,
+    def __init__(self, cell: Callable, *, solver: str | None = None, tol: float | None = None,
                  max_iters: int | None = None, **options: Any) -> None:
         if not callable(cell):
             raise TypeError(f"`cell` must be callable as cell(h, x) -> new_h; got {type(cell).__name__}: {cell!r}.")
@@ -76,16 +78,32 @@ class Parallelized:
         functools.update_wrapper(self, cell, updated=())
 
     # ---- stages ------------------------------------------------------------------
+    def _settings(self) -> tuple[str, dict, tuple]:
+        """(solver, options, key): explicit arguments win over ``autopar.config``'s defaults; the
+        key holds the settings in force, so a changed setting never reuses a cached plan."""
+        solver = self.solver if self.solver is not None else config.solver()
+        options = self.options if "backward" in self.options else dict(self.options, backward=config.backward())
+        return solver, options, (solver, options["backward"], config.planner_backend())
+
     def _prepare(self, h0, xs, length=None):
         rec = trace.trace_cell(self.cell, h0, xs, length, name=getattr(self.cell, "__name__", "cell"))
-        key = (rec.signature(), rec.length, jax.default_backend())
+        solver, options, settings = self._settings()
+        key = (rec.signature(), rec.length, jax.default_backend(), settings)
         if key not in self._analysis or not facts_valid_for(self._analysis[key][0], rec):
             facts = analyse(rec)
             if self.options.get("check"):
                 from .passes.check import check_facts
 
                 check_facts(rec, facts)
-            p = plan_mod.make_plan(rec, facts, self.solver, options=self.options)
+            try:
+                p = plan_mod.make_plan(rec, facts, solver, options=options)
+            except ValueError as e:
+                from_config = {k: v for k, v, explicit in (("solver", solver, self.solver is not None),
+                               ("backward", options["backward"], "backward" in self.options)) if not explicit and v != "auto"}
+                if not from_config:
+                    raise
+                raise ValueError(f"{e} (The default {from_config} came from autopar.config: an override()/set() "
+                                 f"or ${config.ENV['solver']} / ${config.ENV['backward']}.)") from e
             self._analysis[key] = (facts, p)
         facts, p = self._analysis[key]
         return rec, facts, p
@@ -114,12 +132,13 @@ class Parallelized:
         # explicit, differentiable arguments. Like lax.scan, the trace is cached per input
         # signature; it is redone whenever the cached closed-over values were tracers of an outer
         # transformation (jax.grad / vmap / jit), which must never be reused once that trace ends.
-        sig = _call_signature(h0, xs, length)
+        sig = (_call_signature(h0, xs, length), self._settings()[2])
         hit = self._traces.get(sig)
         if hit is None:
             rec, facts, p = self._prepare(h0, xs, length)
             # a small static key for the jit cache: one id per distinct program
-            key = self._program_ids.setdefault((rec.signature(), rec.length), len(self._program_ids))
+            key = self._program_ids.setdefault((rec.signature(), rec.length, self._settings()[2]),
+                                               len(self._program_ids))
             self._programs[key] = (_without_consts(rec), facts, p)
             consts = rec.consts
             if not any(isinstance(c, jax.core.Tracer) for c in consts):
@@ -140,17 +159,20 @@ class Parallelized:
         return Report(rec.name, facts, p, rec.layout, rec.length)
 
     def __repr__(self) -> str:
-        return f"autopar.parallelize({getattr(self.cell, '__name__', self.cell)!r}, solver={self.solver!r})"
+        solver = self.solver if self.solver is not None else f"{config.solver()} (autopar.config default)"
+        return f"autopar.parallelize({getattr(self.cell, '__name__', self.cell)!r}, solver={solver!r})"
 
 
-def parallelize(cell: Callable | None = None, *, solver: str = "auto", tol: float | None = None,
+def parallelize(cell: Callable | None = None, *, solver: str | None = None, tol: float | None = None,
                 max_iters: int | None = None, **options: Any):
     """Make a recurrence step parallel over time.
 
     Use as ``@autopar.parallelize`` or ``@autopar.parallelize(solver="linear")``.
     ``cell(h, x) -> new_h`` where ``h`` is any pytree of arrays and ``x`` one time step
-    of the inputs. Solvers: ``"auto"`` (default: the planner chooses), ``"sequential"``
+    of the inputs. Solvers: ``"auto"`` (the planner chooses), ``"sequential"``
     (``lax.scan``), ``"linear"`` (exact, affine cells), and the Newton family where available.
+    Without ``solver=`` (or ``backward=``) the process-wide default of ``autopar.config``
+    applies (``"auto"`` unless set by ``autopar.config.override`` or ``$AUTOPAR_SOLVER``).
     """
     if cell is None:
         return functools.partial(parallelize, solver=solver, tol=tol, max_iters=max_iters, **options)
@@ -197,7 +219,7 @@ def _state_cell(f):
 
 
 def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None, reverse: bool = False,
-         unroll: int | bool = 1, *, solver: str = "auto", return_info: bool = False, **options: Any):
+         unroll: int | bool = 1, *, solver: str | None = None, return_info: bool = False, **options: Any):
     """Drop-in for ``jax.lax.scan``: ``f(carry, x) -> (carry, y)``; returns ``(carry, ys)``.
 
     The state update is solved by autopar; then every ``y`` comes from one vmapped
@@ -239,6 +261,6 @@ def _empty_ys(f, init, xs):
     return jax.tree_util.tree_map(lambda s: jnp.zeros((0, *s.shape), s.dtype), y_shape)
 
 
-def explain(f: Callable, init: Any, xs: Any = None, length: int | None = None, *, solver: str = "auto", **options: Any) -> Report:
+def explain(f: Callable, init: Any, xs: Any = None, length: int | None = None, *, solver: str | None = None, **options: Any) -> Report:
     """Report for a ``lax.scan``-style ``f(carry, x) -> (carry, y)``."""
     return parallelize(_state_cell(f), solver=solver, **options).explain(init, xs, length=length)

@@ -439,22 +439,27 @@ def _oracle(case):
 
 
 def _sensitivity(case, ref) -> float:
-    """How much the scan's result moves per unit relative perturbation of h0 (rounding amplification)."""
-    eps = 1e-6 if all(jnp.asarray(l).dtype in (jnp.float64, jnp.complex128) for l in _float_leaves(case.h0)) else 1e-3
-    h1 = jax.tree_util.tree_map(
-        lambda l: l * (1 + eps) + eps * 1e-3 if jnp.issubdtype(jnp.asarray(l).dtype, jnp.inexact) else l, case.h0)
-    try:
-        alt = scan_states(case.cell, h1, case.xs, length=case.length)
-    except Exception:  # noqa: BLE001
-        return math.inf
-    worst = 0.0
-    for a, b in zip(_float_leaves(alt), _float_leaves(ref)):
-        a, b = np.asarray(a, np.complex128), np.asarray(b, np.complex128)
-        d = np.abs(a - b) / (1 + np.abs(b))
-        if not np.all(np.isfinite(d)):
+    """How much the scan's result moves per unit relative perturbation of h0 (rounding
+    amplification). A perturbation that already moves the result by O(1) is outside the linear
+    regime: retry smaller, and call the case ill-conditioned (inf) if even the smallest does."""
+    wide = all(jnp.asarray(l).dtype in (jnp.float64, jnp.complex128) for l in _float_leaves(case.h0))
+    for eps in ((1e-6, 1e-9, 1e-12) if wide else (1e-3, 1e-5)):
+        h1 = jax.tree_util.tree_map(
+            lambda l: l * (1 + eps) + eps * 1e-3 if jnp.issubdtype(jnp.asarray(l).dtype, jnp.inexact) else l, case.h0)
+        try:
+            alt = scan_states(case.cell, h1, case.xs, length=case.length)
+        except Exception:  # noqa: BLE001
             return math.inf
-        worst = max(worst, float(d.max(initial=0.0)))
-    return worst / eps
+        worst = 0.0
+        for a, b in zip(_float_leaves(alt), _float_leaves(ref)):
+            a, b = np.asarray(a, np.complex128), np.asarray(b, np.complex128)
+            d = np.abs(a - b) / (1 + np.abs(b))
+            if not np.all(np.isfinite(d)):
+                return math.inf
+            worst = max(worst, float(d.max(initial=0.0)))
+        if worst < 1e-2:
+            return worst / eps
+    return math.inf
 
 
 def _elementwise_err(got, ref) -> tuple[float, str]:
@@ -603,7 +608,7 @@ def check_values(case, backend="gpu", mode="sample"):
             findings.append(Finding(seed, "values", cls, f"{s}->{used}",
                                     f"err {err:.3g} > tol {vtol:.3g} (sens {sens:.3g}); self-residual {res:.3g}; "
                                     f"info.residual {float(np.asarray(info.residual)):.3g}; {where}"))
-        elif res > max(rtol_res, vtol) and used != "sequential":
+        elif res > rtol_res and used != "sequential":
             findings.append(Finding(seed, "residual", "known:per-element-convergence", f"{s}->{used}",
                                     f"converged=True but per-element self-residual {res:.3g} > {rtol_res:.3g} "
                                     f"(info.residual {float(np.asarray(info.residual)):.3g})"))

@@ -52,7 +52,7 @@ PASSES_DIR = os.path.realpath(os.path.join(AUTOPAR_DIR, "passes"))
 #: Known-open classes (being fixed on other branches), matched on the finding's text.
 KNOWN = {
     "identity-linear-adjoint-vmap": "vmap wrapped function must be passed at least one argument",
-    "elk-rank-promotion": "rank promotion",
+    "elk-rank-promotion": "numpy_rank_promotion='raise'",
     "quasi-deer-subfuns": "'subfuns'",
     "custom-vjp-in-cell": "custom_vjp",
     "custom-jvp-in-cell": "custom_jvp",

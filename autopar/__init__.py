@@ -7,6 +7,7 @@
     carry, ys = autopar.scan(f, init, xs)
 """
 
+from . import config as config
 from . import costs as costs
 from . import passes as passes
 from . import solvers as solvers

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import emit, plan as plan_mod, trace
+from . import config, emit, plan as plan_mod, trace
 from .errors import AutoparError, validate_leaves
 from .passes import analyse, facts_valid_for
 from .report import Report
@@ -47,6 +47,8 @@ FORWARD_MODE_MESSAGE = (
 
 
 def _check_solver(solver: Any) -> None:
+    if solver is None:  # the default: autopar.config.solver(), resolved (and validated) per call
+        return
     if not isinstance(solver, str):
         raise TypeError(f"`solver` must be a string such as 'auto' or 'linear'; got {type(solver).__name__}: {solver!r}.")
     if solver != "auto":
@@ -74,7 +76,7 @@ class Parallelized:
     same program reuses one compilation.
     """
 
-    def __init__(self, cell: Callable, *, solver: str = "auto", tol: float | None = None,
+    def __init__(self, cell: Callable, *, solver: str | None = None, tol: float | None = None,
                  max_iters: int | None = None, name: str | None = None, **options: Any) -> None:
         if not callable(cell):
             raise TypeError(f"`cell` must be callable as cell(h, x) -> new_h; got {type(cell).__name__}: {cell!r}.")
@@ -131,12 +133,20 @@ class Parallelized:
         return hash((id(self._bound_to[0]), id(self._bound_to[1])))
 
     # ---- stages ------------------------------------------------------------------
+    def _settings(self) -> tuple[str, dict, tuple]:
+        """(solver, options, key): explicit arguments win over ``autopar.config``'s defaults; the
+        key holds the settings in force, so a changed setting never reuses a cached plan."""
+        solver = self.solver if self.solver is not None else config.solver()
+        options = self.options if "backward" in self.options else dict(self.options, backward=config.backward())
+        return solver, options, (solver, options["backward"], config.planner_backend())
+
     def _prepare(self, h0, xs, length=None):
         _check_cell_arity(self.cell, self.name, xs)
         t0 = time.perf_counter()
         rec = trace.trace_cell(self.cell, h0, xs, length, name=self.name)
         t_trace = time.perf_counter() - t0
-        key = (rec.signature(), rec.length, jax.default_backend())
+        solver, options, settings = self._settings()
+        key = (rec.signature(), rec.length, jax.default_backend(), settings)
         if key not in self._analysis or not facts_valid_for(self._analysis[key][0], rec):
             t1 = time.perf_counter()
             facts = analyse(rec)
@@ -144,7 +154,15 @@ class Parallelized:
                 from .passes.check import check_facts
 
                 check_facts(rec, facts)
-            p = plan_mod.make_plan(rec, facts, self.solver, options=self.options)
+            try:
+                p = plan_mod.make_plan(rec, facts, solver, options=options)
+            except ValueError as e:
+                from_config = {k: v for k, v, explicit in (("solver", solver, self.solver is not None),
+                               ("backward", options["backward"], "backward" in self.options)) if not explicit and v != "auto"}
+                if not from_config:
+                    raise
+                raise ValueError(f"{e} (The default {from_config} came from autopar.config: an override()/set() "
+                                 f"or ${config.ENV['solver']} / ${config.ENV['backward']}.)") from e
             self._analysis[key] = (facts, p)
             logger.info("analysed %r: T=%d, D=%d, structure %s -> solver %s, backward %s "
                         "(trace %.2f s, analysis and plan %.2f s)", self.name, rec.length, rec.size,
@@ -206,12 +224,13 @@ class Parallelized:
         # explicit, differentiable arguments. Like lax.scan, the trace is cached per input
         # signature; it is redone whenever the cached closed-over values were tracers of an outer
         # transformation (jax.grad / vmap / jit), which must never be reused once that trace ends.
-        sig = _call_signature(h0, xs, length)
+        sig = (_call_signature(h0, xs, length), self._settings()[2])
         hit = self._traces.get(sig)
         if hit is None:
             rec, facts, p = self._prepare(h0, xs, length)
             # a small static key for the jit cache: one id per distinct program
-            key = self._program_ids.setdefault((rec.signature(), rec.length), len(self._program_ids))
+            key = self._program_ids.setdefault((rec.signature(), rec.length, self._settings()[2]),
+                                               len(self._program_ids))
             self._programs[key] = (_without_consts(rec), facts, p)
             consts = rec.consts
             if not any(isinstance(c, jax.core.Tracer) for c in consts):
@@ -267,7 +286,8 @@ class Parallelized:
 
     def __repr__(self) -> str:
         bound = "" if self._bound_to is None else f" bound to {type(self._bound_to[1]).__name__}"
-        return f"<autopar.parallelize {self.name!r}, solver={self.solver!r}{bound}>"
+        solver = self.solver if self.solver is not None else f"{config.solver()} (autopar.config default)"
+        return f"<autopar.parallelize {self.name!r}, solver={solver!r}{bound}>"
 
 
 class _NoCache(dict):
@@ -304,7 +324,7 @@ def _check_cell_arity(cell: Callable, name: str, xs: Any) -> None:
         ) from None
 
 
-def parallelize(cell: Callable | None = None, *, solver: str = "auto", tol: float | None = None,
+def parallelize(cell: Callable | None = None, *, solver: str | None = None, tol: float | None = None,
                 max_iters: int | None = None, name: str | None = None, **options: Any):
     """Make a recurrence step ``cell(h, x) -> h_new`` parallel over the sequence length.
 
@@ -322,8 +342,10 @@ def parallelize(cell: Callable | None = None, *, solver: str = "auto", tol: floa
             ``"linear"`` (one associative scan; affine cells only), ``"deer"`` (Newton, each
             iteration a linear scan in the proven structure of J), ``"quasi-deer"`` (Newton with
             diag(J)), ``"elk"`` / ``"quasi-elk"`` (Levenberg–Marquardt steps by a parallel Kalman
-            smoother, for unstable cells). ``autopar.SOLVER_NAMES`` lists them all.
-        tol: convergence tolerance of the iterative solvers on the scale-relative residual
+            smoother, for unstable cells). ``autopar.SOLVER_NAMES`` lists them all. Without
+            ``solver=`` (or ``backward=``) the process-wide default of `autopar.config` applies
+            (``"auto"`` unless set by ``autopar.config.override`` or ``$AUTOPAR_SOLVER``).
+        tol: convergence tolerance of the iterative solvers on the per-element residual
             max_t ‖h_t − cell(h_{t−1}, x_t)‖∞ / (1 + max‖h‖∞), judged per element. Default
             ``None``: by dtype (32·eps for float32, 1e-12 for float64, 1e-2 for 16-bit floats).
         max_iters: iteration cap of the iterative solvers. Default ``None``: min(T + 1, cap)
@@ -412,7 +434,7 @@ def _state_cell(f):
 
 
 def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None, reverse: bool = False,
-         unroll: int | bool = 1, *, solver: str = "auto", return_info: bool = False, **options: Any):
+         unroll: int | bool = 1, *, solver: str | None = None, return_info: bool = False, **options: Any):
     """Drop-in for ``jax.lax.scan``: ``f(carry, x) -> (carry, y)``; returns ``(carry, ys)``.
 
     The carry recurrence is solved by autopar (as `parallelize` would, with the same
@@ -493,7 +515,7 @@ def _empty_ys(f, init, xs):
     return jax.tree_util.tree_map(lambda s: jnp.zeros((0, *s.shape), s.dtype), y_shape)
 
 
-def explain(f: Callable, init: Any, xs: Any = None, length: int | None = None, *, solver: str = "auto", **options: Any) -> Report:
+def explain(f: Callable, init: Any, xs: Any = None, length: int | None = None, *, solver: str | None = None, **options: Any) -> Report:
     """The `Report` for a ``lax.scan``-style ``f(carry, x) -> (carry, y)``.
 
     What `scan` with the same arguments would prove and run; nothing is compiled.

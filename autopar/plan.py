@@ -45,7 +45,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import costs
+from . import config, costs
 from .solvers import SOLVER_NAMES, get_solver, solver_names
 from .structure import Diagonal
 
@@ -240,7 +240,7 @@ def make_plan(rec: Any, facts: Any, solver: str = "auto", backend: str | None = 
     JAX's default backend; pass ``"gpu"`` to see what autopar would do there).
     """
     options = dict(options or {})
-    backend = backend or jax.default_backend()
+    backend = config.resolve_backend(backend)  # explicit > autopar.config.planner_backend > JAX's
     K = costs.constants_for(backend)
     if solver != "auto":
         get_solver(solver)  # raises with the list of available solvers

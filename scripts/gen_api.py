@@ -28,6 +28,8 @@ SECTIONS = [
      ["BackendConstants", "constants_for", "set_constants", "clear_constants", "cache_dir", "cache_path",
       "device_key", "default_memory_budget", "step_flops", "step_ops"]),
     ("", "autopar.calibrate", ["calibrate"]),
+    ("Process-wide settings (planner backend, default solver and backward)", "autopar.config",
+     ["override", "set", "reset", "planner_backend", "solver", "backward", "resolve_backend", "snapshot"]),
     ("The structure lattice", "autopar.structure",
      ["Structure", "Zero", "Identity", "Scalar", "Diagonal", "BlockDiagonal", "Dense", "from_sparsity"]),
     ("Solvers", "autopar.solvers", ["Solver", "Problem", "Stats", "register_solver", "get_solver", "solver_names"]),

@@ -121,6 +121,8 @@ class DegreeDomain(Domain):
         self.rules = user_rules("degree", self)
         #: which equations count as rounding (``precision.rounding_for``).
         self.rounds = rounding or Rounding()
+        #: primitives that round an h-dependent value (their AD rules round tangents too)
+        self.rounded: list[str] = []
 
     def const(self, aval):
         return CONSTANT
@@ -145,6 +147,8 @@ class DegreeDomain(Domain):
         if self.rounds(eqn):
             # Rounding an affine / piecewise-linear value is neither (a step function stays one).
             outs = [NONLINEAR if o in (AFFINE, PIECEWISE) else o for o in outs]
+            if any(d != CONSTANT for d in ins) and eqn.primitive.name not in self.rounded:
+                self.rounded.append(eqn.primitive.name)
         # Integer / bool values are step functions of h.
         return [min(o, STEP) if not _inexact(v.aval) and o != CONSTANT else o for o, v in zip(outs, eqn.outvars)]
 
@@ -223,24 +227,28 @@ def _inexact(aval) -> bool:
     return is_inexact(dt)
 
 
-def degree(rec: Any) -> tuple[int, set[str]]:
+def degree(rec: Any, domain: "DegreeDomain | None" = None) -> tuple[int, set[str]]:
     """Degree (an int of this module's lattice) of ``v_new`` in ``v``, and primitives without a rule."""
     jp = rec.step_jaxpr
     ins = [CONSTANT] * len(jp.jaxpr.invars)
     ins[rec.state_invar] = AFFINE
-    dom = DegreeDomain(rounding_for(rec))
+    dom = domain or DegreeDomain(rounding_for(rec))
     outs = propagate(jp, ins, dom)
     return int(outs[0]), set(dom.unknown)
 
 
 class LinearityPass(Pass):
     """Provides ``degree`` ("constant" | "affine" | "piecewise-linear" | "nonlinear"), ``linear``
-    (affine in h: the linear solver is exact) and ``degree_detail`` (the lattice element,
-    which also distinguishes "piecewise-constant")."""
+    (affine in h: the linear solver is exact), ``degree_detail`` (the lattice element,
+    which also distinguishes "piecewise-constant") and ``rounding`` (the primitives that round
+    an h-dependent value: JAX's AD rules round the tangents too, so no compact J reproduces
+    them and the adjoint runs per step)."""
 
     name = "linearity"
-    provides = ("degree", "linear", "degree_detail")
+    provides = ("degree", "linear", "degree_detail", "rounding")
 
     def run(self, rec, facts):
-        d, _ = degree(rec)
-        return {"degree": PUBLIC_NAME[d], "linear": d in (CONSTANT, AFFINE), "degree_detail": DEGREE_NAMES[d]}
+        dom = DegreeDomain(rounding_for(rec))
+        d, _ = degree(rec, dom)
+        return {"degree": PUBLIC_NAME[d], "linear": d in (CONSTANT, AFFINE), "degree_detail": DEGREE_NAMES[d],
+                "rounding": list(dom.rounded)}

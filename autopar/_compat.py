@@ -27,7 +27,7 @@ jaxprs_in_params = jex_core.jaxprs_in_params
 #: Primitives whose ``params`` hold one closed sub-jaxpr under ``jaxpr`` or
 #: ``call_jaxpr`` that is called once with the equation's operands.
 CALL_PRIMITIVES = frozenset(
-    {"jit", "pjit", "closed_call", "core_call", "remat", "checkpoint", "custom_jvp_call",
+    {"jit", "pjit", "closed_call", "core_call", "remat", "remat2", "checkpoint", "custom_jvp_call",
      "custom_vjp_call", "custom_vjp_call_jaxpr", "custom_lin"}
 )
 
@@ -38,7 +38,15 @@ def make_jaxpr(fun: Callable, *example_args: Any) -> ClosedJaxpr:
 
 
 def call_subjaxpr(eqn: JaxprEqn) -> ClosedJaxpr | None:
-    """The closed jaxpr a call-like equation runs on its operands, or None."""
+    """The closed jaxpr a call-like equation runs on its operands, or None.
+
+    Only primitives in ``CALL_PRIMITIVES`` are calls: ``scan`` also keeps its body under
+    ``jaxpr`` (and ``shard_map`` its per-shard body), but running that body once on the
+    equation's operands is *not* what the equation computes (a scan iterates it over slices
+    of ``xs``), so treating it as a call gives wrong values and shapes.
+    """
+    if eqn.primitive.name not in CALL_PRIMITIVES:
+        return None
     params = eqn.params
     for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
         sub = params.get(key)
@@ -84,28 +92,171 @@ def bind_eqn(eqn: JaxprEqn, values: Sequence[Any]) -> list[Any]:
     return list(out) if eqn.primitive.multiple_results else [out]
 
 
-#: Primitive names of a ``jax.custom_vjp`` call in a jaxpr (the name has changed across JAX versions).
+# ---- custom derivatives -----------------------------------------------------------------
+CUSTOM_JVP_PRIMITIVES = frozenset({"custom_jvp_call"})
 CUSTOM_VJP_PRIMITIVES = frozenset({"custom_vjp_call", "custom_vjp_call_jaxpr"})
 
 
-def custom_vjp_names(closed_jaxpr: ClosedJaxpr | Jaxpr) -> list[str]:
-    """Names of the ``jax.custom_vjp`` functions called in ``closed_jaxpr``, sub-jaxprs included.
+def is_custom_jvp(eqn: JaxprEqn) -> bool:
+    return eqn.primitive.name in CUSTOM_JVP_PRIMITIVES
 
-    JAX cannot push forward-mode tangents through these; an empty list means it can.
+
+def is_custom_vjp(eqn: JaxprEqn) -> bool:
+    return eqn.primitive.name in CUSTOM_VJP_PRIMITIVES
+
+
+def call_name(eqn: JaxprEqn) -> str:
+    """A human name of a call-like equation (the decorated function's name when known)."""
+    p = eqn.params
+    if isinstance(p.get("name"), str):
+        return p["name"]
+    for key in ("call_jaxpr", "fun_jaxpr", "jaxpr"):
+        sub = p.get(key)
+        jp = getattr(sub, "jaxpr", sub)
+        dbg = getattr(jp, "debug_info", None)
+        name = getattr(dbg, "func_name", None)
+        if isinstance(name, str) and name:
+            return name
+    return eqn.primitive.name
+
+
+_JVP_CACHE: dict[int, tuple[Any, Any]] = {}
+
+
+def custom_jvp_rule(eqn: JaxprEqn) -> tuple[ClosedJaxpr, list[bool], int] | None:
+    """The JVP rule of a ``custom_jvp_call`` equation as a jaxpr, or None if unavailable.
+
+    Returns ``(jvp, out_zeros, num_consts)``: ``jvp`` maps ``(*primals, *tangents)`` — the
+    call's operands after its ``num_consts`` leading constants, then one tangent per such
+    operand (all requested nonzero) — to ``(*primal_outs, *nonzero_tangent_outs)``;
+    ``out_zeros[k]`` says that output k's tangent is a symbolic zero (it then has no tangent
+    output). This is the rule every JAX derivative (jvp, linearize, vjp) of the call uses.
     """
-    jaxpr = getattr(closed_jaxpr, "jaxpr", closed_jaxpr)
-    out: list[str] = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name in CUSTOM_VJP_PRIMITIVES:
-            sub = eqn.params.get("call_jaxpr") or eqn.params.get("fun_jaxpr")
-            info = getattr(getattr(sub, "jaxpr", sub), "debug_info", None)
-            name = eqn.params.get("name") or getattr(info, "func_name", None) or "<custom_vjp>"
-            out.append(str(name))
-        for sub in jaxprs_in_params(eqn.params):
-            out.extend(n for n in custom_vjp_names(sub) if n not in out)
+    if not is_custom_jvp(eqn):
+        return None
+    fun = eqn.params.get("jvp_jaxpr_fun")
+    if fun is None:
+        fun = eqn.params.get("jvp_jaxpr_thunk")
+    if fun is None:
+        return None
+    hit = _JVP_CACHE.get(id(fun))
+    if hit is not None and hit[0] is fun:
+        return hit[1]
+    n_consts = int(eqn.params.get("num_consts", 0))
+    n = len(eqn.invars) - n_consts
+    try:
+        call = getattr(fun, "call_wrapped", fun)
+        jaxpr, consts, out_zeros = call(*([False] * n))
+        closed = jaxpr if isinstance(jaxpr, ClosedJaxpr) else ClosedJaxpr(jaxpr, list(consts))
+        out_zeros = [bool(z) for z in out_zeros]
+        n_out = len(eqn.outvars)
+        ok = (len(closed.jaxpr.invars) == 2 * n and len(out_zeros) == n_out
+              and len(closed.jaxpr.outvars) == n_out + sum(not z for z in out_zeros))
+        res = (closed, out_zeros, n_consts) if ok else None
+    except Exception:  # noqa: BLE001 - callers fall back to a conservative rule
+        res = None
+    if len(_JVP_CACHE) > 4096:
+        _JVP_CACHE.clear()
+    _JVP_CACHE[id(fun)] = (fun, res)
+    return res
+
+
+def inline_custom_vjp(closed_jaxpr: ClosedJaxpr) -> ClosedJaxpr:
+    """``closed_jaxpr`` with every ``custom_vjp_call`` / ``custom_vjp_call_jaxpr`` replaced by
+    its primal function, recursively (also inside jit, cond, scan, while, checkpoint, …).
+
+    The result computes the same values; differentiating it differentiates the primal (the
+    custom backward rule is dropped), so ``jax.jvp`` / ``jax.linearize`` / ``jax.jacfwd``
+    work on it — e.g. to linearise a cell with gradient clipping for Newton's method.
+    """
+    closed = closed_jaxpr if isinstance(closed_jaxpr, ClosedJaxpr) else ClosedJaxpr(closed_jaxpr, ())
+    if not _has_custom_vjp(closed.jaxpr):
+        return closed
+
+    def run(*args):
+        return _eval_inlined(closed.jaxpr, closed.consts, args)
+
+    avals = [v.aval for v in closed.jaxpr.invars]
+    out = jax.make_jaxpr(run)(*[jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=getattr(a, "weak_type", False))
+                                for a in avals])
     return out
 
 
-def has_custom_vjp(closed_jaxpr: ClosedJaxpr | Jaxpr) -> bool:
-    """Whether ``closed_jaxpr`` calls a ``jax.custom_vjp`` function anywhere (no forward mode then)."""
-    return bool(custom_vjp_names(closed_jaxpr))
+def has_custom_vjp(jaxpr: ClosedJaxpr | Jaxpr) -> bool:
+    """Whether ``jaxpr`` calls a custom_vjp anywhere (nested calls and loops included)."""
+    return _has_custom_vjp(jaxpr.jaxpr if isinstance(jaxpr, ClosedJaxpr) else jaxpr)
+
+
+def eval_jaxpr_inlined(jaxpr: Jaxpr, consts: Sequence[Any], *args: Any) -> list[Any]:
+    """``eval_jaxpr`` with every custom_vjp call replaced by its primal (see ``inline_custom_vjp``)."""
+    jp = jaxpr.jaxpr if isinstance(jaxpr, ClosedJaxpr) else jaxpr
+    if not _has_custom_vjp(jp):
+        return list(eval_jaxpr(jp, list(consts), *args))
+    return _eval_inlined(jp, list(consts), args)
+
+
+def _has_custom_vjp(jaxpr: Jaxpr) -> bool:
+    for eqn in jaxpr.eqns:
+        if is_custom_vjp(eqn):
+            return True
+        for sub in jaxprs_in_params(eqn.params):
+            if _has_custom_vjp(getattr(sub, "jaxpr", sub)):
+                return True
+    return False
+
+
+def _eval_inlined(jaxpr: Jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> list[Any]:
+    env: dict[Any, Any] = {}
+
+    def read(a):
+        return a.val if isinstance(a, Literal) else env[a]
+
+    for v, c in zip(jaxpr.constvars, consts):
+        env[v] = c
+    for v, a in zip(jaxpr.invars, args):
+        env[v] = a
+    for eqn in jaxpr.eqns:
+        ins = [read(a) for a in eqn.invars]
+        if is_custom_vjp(eqn):
+            sub = call_subjaxpr(eqn)
+            outs = _eval_inlined(sub.jaxpr, sub.consts, ins)
+        elif any(_has_custom_vjp(getattr(s, "jaxpr", s)) for s in jaxprs_in_params(eqn.params)):
+            outs = bind_eqn(_replace_subjaxprs(eqn), ins)
+        else:
+            outs = bind_eqn(eqn, ins)
+        for v, o in zip(eqn.outvars, outs):
+            if not isinstance(v, DropVar):
+                env[v] = o
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _replace_subjaxprs(eqn: JaxprEqn) -> JaxprEqn:
+    """``eqn`` with custom_vjp calls inlined in the sub-jaxprs of its params."""
+
+    def fix(val):
+        if isinstance(val, ClosedJaxpr):
+            return inline_custom_vjp(val)
+        if isinstance(val, Jaxpr):
+            new = inline_custom_vjp(ClosedJaxpr(val, ()))
+            if new.consts:
+                raise NotImplementedError("inline_custom_vjp: an open sub-jaxpr acquired constants")
+            return new.jaxpr
+        if isinstance(val, (tuple, list)) and any(isinstance(x, (ClosedJaxpr, Jaxpr)) for x in val):
+            return type(val)(fix(x) for x in val)
+        return val
+
+    params = {k: fix(v) for k, v in eqn.params.items()}
+    return eqn.replace(params=params)
+
+
+def custom_vjp_names(jaxpr: ClosedJaxpr | Jaxpr) -> list[str]:
+    """Names of the custom_vjp functions ``jaxpr`` calls (nested calls and loops included), for
+    messages: JAX cannot push forward-mode tangents through these."""
+    jp = jaxpr.jaxpr if isinstance(jaxpr, ClosedJaxpr) else jaxpr
+    out: list[str] = []
+    for eqn in jp.eqns:
+        if is_custom_vjp(eqn) and call_name(eqn) not in out:
+            out.append(call_name(eqn))
+        for sub in jaxprs_in_params(eqn.params):
+            out.extend(n for n in custom_vjp_names(sub) if n not in out)
+    return out

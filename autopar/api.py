@@ -9,14 +9,19 @@ calls under an outer jit/vmap/grad compose as with any JAX function.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import functools
+import inspect
+import logging
+import time
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import emit, plan as plan_mod, trace
+from . import config, emit, plan as plan_mod, trace
 from .errors import AutoparError, validate_leaves
 from .passes import analyse, facts_valid_for
 from .report import Report
@@ -24,12 +29,17 @@ from .solvers import SOLVER_NAMES, get_solver
 
 __all__ = ["parallelize", "Parallelized", "scan", "explain"]
 
+#: Logs what is analysed and built, with timings: ``logging.getLogger("autopar").setLevel("INFO")``.
+logger = logging.getLogger("autopar")
+
 
 _KNOWN_OPTIONS = {"backward", "memory_budget", "init", "damping", "picard_warmup", "check", "chunk_size", "fallback",
                   "unroll"}
 
 
 def _check_solver(solver: Any) -> None:
+    if solver is None:  # the default: autopar.config.solver(), resolved (and validated) per call
+        return
     if not isinstance(solver, str):
         raise TypeError(f"`solver` must be a string such as 'auto' or 'linear'; got {type(solver).__name__}: {solver!r}.")
     if solver != "auto":
@@ -39,65 +49,165 @@ def _check_solver(solver: Any) -> None:
 class Parallelized:
     """A recurrence step ``cell(h, x) -> h_new`` made parallel over time.
 
-    Call as ``fn(h0, xs)`` → states h_1..h_T stacked on axis 0 (the same values as
-    ``lax.scan``); ``fn(h0, xs, return_info=True)`` → ``(hs, info)``;
-    ``fn.explain(h0, xs)`` → a ``Report``.
+    Made by `parallelize`; see there for the options. Call as
+    ``fn(h0, xs)`` (see `__call__`); ``fn.explain(h0, xs)`` returns a
+    `Report`.
+
+    Analysis and compilation are cached per input signature (pytree structure,
+    shapes, dtypes of ``h0`` and ``xs``, and ``length``/``reverse``): the first call
+    at a signature traces, analyses and compiles (logged on the ``"autopar"``
+    logger), later calls only run. ``return_info`` does not change the compiled
+    program. Inside an outer ``jax.jit`` the trace and analysis are reused, and XLA
+    compiles the outer program (with this one inlined) once per outer signature —
+    JAX cannot reuse an executable inside another program.
+
+    As a class attribute it is a descriptor, like a function: ``instance.step``
+    is the cell with ``self`` bound (``step(self, h, x)``), sharing this object's
+    analysis and compilation caches, so every instance whose cell traces to the
+    same program reuses one compilation.
     """
 
-    def __init__(self, cell: Callable, *, solver: str = "auto", tol: float | None = None,
-                 max_iters: int | None = None, **options: Any) -> None:
+    def __init__(self, cell: Callable, *, solver: str | None = None, tol: float | None = None,
+                 max_iters: int | None = None, name: str | None = None, **options: Any) -> None:
         if not callable(cell):
             raise TypeError(f"`cell` must be callable as cell(h, x) -> new_h; got {type(cell).__name__}: {cell!r}.")
         _check_solver(solver)
         unknown = set(options) - _KNOWN_OPTIONS
         if unknown:
-            raise TypeError(f"unknown option(s) {sorted(unknown)}; known options: {sorted(_KNOWN_OPTIONS)}.")
+            raise TypeError(f"unknown option(s) {sorted(unknown)}; known options: {sorted(_KNOWN_OPTIONS | {'solver', 'tol', 'max_iters', 'name'})}.")
         if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
             raise ValueError(f"`tol` must be a positive number; got {tol!r}.")
         if max_iters is not None and not (isinstance(max_iters, int) and max_iters >= 1):
             raise ValueError(f"`max_iters` must be a positive int; got {max_iters!r}.")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"`name` must be a string (used in reports and logs); got {type(name).__name__}.")
         self.cell = cell
         self.solver = solver
+        self.name = name or _cell_name(cell)
         self.options = dict(options, tol=tol, max_iters=max_iters)
         self._analysis: dict = {}
         self._programs: dict = {}
         self._traces: dict = {}
         self._program_ids: dict = {}
-        self._jitted = jax.jit(self._run, static_argnames=("key", "length", "reverse", "return_info"))
+        self._compiled: set = set()
+        self._bound_to = None  # (parent, instance) for a bound method view
+        self._jitted = jax.jit(self._run, static_argnames=("key", "length", "reverse"))
+        self._residual_jitted = jax.jit(self._residual, static_argnames=("key", "reverse"))
         functools.update_wrapper(self, cell, updated=())
 
+    # ---- descriptor: methods and module methods as cells --------------------------
+    def __get__(self, instance: Any, owner: type | None = None) -> "Parallelized":
+        if instance is None:
+            return self
+        return self._bind(instance)
+
+    def _bind(self, instance: Any) -> "Parallelized":
+        """A view with ``self`` bound. It shares the parent's analysis, program and jit caches
+        (the instance's arrays are traced as closed-over constants, so instances of the same
+        shapes share one compilation) but keeps no trace cache of its own: attributes of a
+        mutable instance are read afresh at every call, as a plain method would."""
+        bound = object.__new__(type(self))
+        bound.__dict__.update(self.__dict__)
+        bound.cell = functools.partial(self.cell, instance)
+        bound._traces = _NoCache()
+        bound._bound_to = (self, instance)
+        return bound
+
+    def __eq__(self, other: object) -> bool:
+        if self._bound_to is None or not isinstance(other, Parallelized) or other._bound_to is None:
+            return self is other
+        return self._bound_to[0] is other._bound_to[0] and self._bound_to[1] is other._bound_to[1]
+
+    def __hash__(self) -> int:
+        if self._bound_to is None:
+            return id(self)
+        return hash((id(self._bound_to[0]), id(self._bound_to[1])))
+
     # ---- stages ------------------------------------------------------------------
+    def _settings(self) -> tuple[str, dict, tuple]:
+        """(solver, options, key): explicit arguments win over ``autopar.config``'s defaults; the
+        key holds the settings in force, so a changed setting never reuses a cached plan."""
+        solver = self.solver if self.solver is not None else config.solver()
+        options = self.options if "backward" in self.options else dict(self.options, backward=config.backward())
+        return solver, options, (solver, options["backward"], config.planner_backend())
+
     def _prepare(self, h0, xs, length=None):
-        rec = trace.trace_cell(self.cell, h0, xs, length, name=getattr(self.cell, "__name__", "cell"))
-        key = (rec.signature(), rec.length, jax.default_backend())
+        _check_cell_arity(self.cell, self.name, xs)
+        t0 = time.perf_counter()
+        rec = trace.trace_cell(self.cell, h0, xs, length, name=self.name)
+        t_trace = time.perf_counter() - t0
+        solver, options, settings = self._settings()
+        key = (rec.signature(), rec.length, jax.default_backend(), settings)
         if key not in self._analysis or not facts_valid_for(self._analysis[key][0], rec):
+            t1 = time.perf_counter()
             facts = analyse(rec)
             if self.options.get("check"):
                 from .passes.check import check_facts
 
                 check_facts(rec, facts)
-            p = plan_mod.make_plan(rec, facts, self.solver, options=self.options)
+            try:
+                p = plan_mod.make_plan(rec, facts, solver, options=options)
+            except ValueError as e:
+                from_config = {k: v for k, v, explicit in (("solver", solver, self.solver is not None),
+                               ("backward", options["backward"], "backward" in self.options)) if not explicit and v != "auto"}
+                if not from_config:
+                    raise
+                raise ValueError(f"{e} (The default {from_config} came from autopar.config: an override()/set() "
+                                 f"or ${config.ENV['solver']} / ${config.ENV['backward']}.)") from e
             self._analysis[key] = (facts, p)
+            logger.info("analysed %r: T=%d, D=%d, structure %s -> solver %s, backward %s "
+                        "(trace %.2f s, analysis and plan %.2f s)", self.name, rec.length, rec.size,
+                        facts["structure"].describe(), p.solver, p.backward, t_trace, time.perf_counter() - t1)
         facts, p = self._analysis[key]
         return rec, facts, p
 
-    def _run(self, consts, h0, xs, key, length=None, reverse=False, return_info=False):
+    def _run(self, consts, h0, xs, key, length=None, reverse=False):
         # ``consts`` (the cell's closed-over arrays, traced afresh by the caller) are explicit
         # arguments: the jitted program never captures them, so a later call with new closed-over
         # values (or tracers of an outer jax.grad/vmap) cannot reuse stale ones.
+        # One program per signature: ``return_info`` only decides what the caller returns, and the
+        # residual (a check of the returned trajectory) is a separate, small program.
         if reverse:
             xs = jax.tree_util.tree_map(lambda a: jnp.flip(a, 0), xs)
         rec, facts, p = self._programs[key]
-        program = emit.build(rec, p, with_residual=return_info)
+        program = emit.build(rec, p)
         leaves, info = program(consts, jax.tree_util.tree_leaves(h0), jax.tree_util.tree_leaves(xs))
         if reverse:
             leaves = [jnp.flip(l, 0) for l in leaves]
         hs = jax.tree_util.tree_unflatten(rec.layout.treedef, leaves)
-        return (hs, info) if return_info else hs
+        return hs, info
+
+    def _residual(self, consts, h0, xs, hs, key, reverse=False):
+        """``emit.residual`` of a returned trajectory (a program of its own; see ``emit.residual``)."""
+        rec, _, p = self._programs[key]
+        flip = (lambda a: jnp.flip(a, 0)) if reverse else (lambda a: a)
+        x_leaves = [flip(a) for a in jax.tree_util.tree_leaves(xs)]
+        h_leaves = [flip(a) for a in jax.tree_util.tree_leaves(hs)]
+        return emit.residual(rec, p, consts, jax.tree_util.tree_leaves(h0), h_leaves, x_leaves)
 
     # ---- public ------------------------------------------------------------------
     def __call__(self, h0: Any, xs: Any = None, *, length: int | None = None, reverse: bool = False,
                  return_info: bool = False):
+        """Run the recurrence: the states h_1..h_T, the same values as ``lax.scan``.
+
+        Args:
+            h0: the initial state, any pytree of arrays (float, complex, integer or bool leaves).
+            xs: the inputs, a pytree whose leaves all have the time axis first (length T);
+                the cell sees one time step ``x = xs[t]``. ``None`` for an input-free
+                recurrence (then pass ``length``); the cell is called with ``x=None``.
+            length: T, needed when ``xs`` is None; otherwise it must equal the leading axis.
+            reverse: run from t = T down to 1, like ``lax.scan(..., reverse=True)``; the
+                result is still indexed by t.
+            return_info: also return an `Info`.
+
+        Returns:
+            ``hs``, a pytree like ``h0`` whose every leaf has a leading time axis of length T
+            (``hs[t]`` is the state after step t+1; ``h0`` is not included). With
+            ``return_info=True``, the pair ``(hs, info)``: ``info.solver`` (after any fallback),
+            ``info.iterations``, ``info.converged``, ``info.residual`` (the one-step defect
+            h_t − cell(h_{t−1}, x_t), each element against its own scale: see `Info`) and
+            ``info.fallback``.
+        """
         validate_leaves(h0, "h0")
         validate_leaves(xs, "xs")
         trace.xs_length(xs, length)
@@ -105,49 +215,177 @@ class Parallelized:
         # explicit, differentiable arguments. Like lax.scan, the trace is cached per input
         # signature; it is redone whenever the cached closed-over values were tracers of an outer
         # transformation (jax.grad / vmap / jit), which must never be reused once that trace ends.
-        sig = _call_signature(h0, xs, length)
+        sig = (_call_signature(h0, xs, length), self._settings()[2])
         hit = self._traces.get(sig)
         if hit is None:
             rec, facts, p = self._prepare(h0, xs, length)
             # a small static key for the jit cache: one id per distinct program
-            key = self._program_ids.setdefault((rec.signature(), rec.length), len(self._program_ids))
+            key = self._program_ids.setdefault((rec.signature(), rec.length, self._settings()[2]),
+                                               len(self._program_ids))
             self._programs[key] = (_without_consts(rec), facts, p)
             consts = rec.consts
             if not any(isinstance(c, jax.core.Tracer) for c in consts):
                 self._traces[sig] = (key, consts)
         else:
             key, consts = hit
+        kw = dict(key=key, length=length, reverse=bool(reverse))
         try:
-            return self._jitted(consts, h0, xs, key=key, length=length, reverse=bool(reverse),
-                                return_info=bool(return_info))
+            self._log_compile(sig, consts, h0, xs, kw)
+            hs, info = self._jitted(consts, h0, xs, **kw)
+            if return_info:
+                res = self._residual_jitted(consts, h0, xs, hs, key=key, reverse=bool(reverse))
+                # a trajectory with NaN/inf in it is never "converged" (NaN inputs, overflow)
+                info = dataclasses.replace(info, residual=res, converged=info.converged & jnp.isfinite(res))
         except TypeError as e:
             # forward mode reached a jax.custom_vjp inside the user's cell (the only case left: every
             # solver's own rule is a custom_jvp); name it
             if "forward-mode autodiff" in str(e) and "custom_vjp" in str(e):
                 raise AutoparError(emit.forward_mode_error(self._programs[key][0])) from e
             raise
+        return (hs, info) if return_info else hs
+
+    def _log_compile(self, sig, consts, h0, xs, kw) -> None:
+        """On the first eager call at a signature, compile ahead of time to time (and log) it;
+        the jit's own cache then holds the executable. Under an outer transformation the program
+        is compiled as part of the outer one, by JAX."""
+        ckey = (sig, kw["key"], kw["reverse"])
+        if ckey in self._compiled:
+            return
+        args = (consts, h0, xs)
+        if any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(args)):
+            logger.debug("building %r inside an outer JAX transformation (compiled with it)", self.name)
+            return
+        self._compiled.add(ckey)
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        rec, _, p = self._programs[kw["key"]]
+        logger.info("building %r: solver %s, backward %s, T=%d, D=%d", self.name, p.solver, p.backward,
+                    rec.length, rec.size)
+        t0 = time.perf_counter()
+        lowered = self._jitted.lower(*args, **kw)
+        t1 = time.perf_counter()
+        lowered.compile()
+        logger.info("compiled %r in %.2f s (tracing %.2f s, XLA %.2f s)", self.name, time.perf_counter() - t0,
+                    t1 - t0, time.perf_counter() - t1)
 
     def explain(self, h0: Any, xs: Any = None, *, length: int | None = None) -> Report:
-        """What autopar proves about this cell at this signature, and what it would run."""
+        """What autopar proves about this cell at this signature, and what it would run.
+
+        Nothing is compiled or run: the report renders the same facts and plan a call with
+        these arguments uses. ``print(report)`` for text; in a notebook it renders itself.
+        """
         rec, facts, p = self._prepare(h0, xs, length)
         return Report(rec.name, facts, p, rec.layout, rec.length)
 
     def __repr__(self) -> str:
-        return f"autopar.parallelize({getattr(self.cell, '__name__', self.cell)!r}, solver={self.solver!r})"
+        bound = "" if self._bound_to is None else f" bound to {type(self._bound_to[1]).__name__}"
+        solver = self.solver if self.solver is not None else f"{config.solver()} (autopar.config default)"
+        return f"<autopar.parallelize {self.name!r}, solver={solver!r}{bound}>"
 
 
-def parallelize(cell: Callable | None = None, *, solver: str = "auto", tol: float | None = None,
-                max_iters: int | None = None, **options: Any):
-    """Make a recurrence step parallel over time.
+class _NoCache(dict):
+    """A trace cache that never keeps anything (bound methods re-read their instance)."""
 
-    Use as ``@autopar.parallelize`` or ``@autopar.parallelize(solver="linear")``.
-    ``cell(h, x) -> new_h`` where ``h`` is any pytree of arrays and ``x`` one time step
-    of the inputs. Solvers: ``"auto"`` (default: the planner chooses), ``"sequential"``
-    (``lax.scan``), ``"linear"`` (exact, affine cells), and the Newton family where available.
+    def __setitem__(self, k, v) -> None:
+        pass
+
+
+def _cell_name(cell: Callable) -> str:
+    """A readable name for reports and logs: the qualified name without ``<locals>``."""
+    f = cell
+    while isinstance(f, functools.partial):
+        f = f.func
+    name = getattr(f, "__qualname__", None) or getattr(f, "__name__", None) or type(f).__name__
+    return name.replace(".<locals>", "")
+
+
+def _check_cell_arity(cell: Callable, name: str, xs: Any) -> None:
+    """autopar calls ``cell(h, x)``: say so before tracing when the cell cannot take that."""
+    try:
+        sig = inspect.signature(cell)
+    except (TypeError, ValueError):  # builtins, some C callables
+        return
+    try:
+        sig.bind(None, None)
+    except TypeError as e:
+        x_is = "None (xs=None)" if xs is None else "one time step of xs, i.e. xs[t] (every leaf without its time axis)"
+        raise TypeError(
+            f"autopar calls the cell as `{name}(h, x)`: h is the state (a pytree like h0) and x is {x_is}; "
+            f"but `{name}{sig}` cannot be called with two positional arguments ({e}). "
+            "Write the step as `def cell(h, x): ... return new_h` (a method: `def step(self, h, x)`); "
+            "close over parameters, or bind them with functools.partial."
+        ) from None
+
+
+def parallelize(cell: Callable | None = None, *, solver: str | None = None, tol: float | None = None,
+                max_iters: int | None = None, name: str | None = None, **options: Any):
+    """Make a recurrence step ``cell(h, x) -> h_new`` parallel over the sequence length.
+
+    Use as ``@autopar.parallelize``, ``@autopar.parallelize(solver="deer")`` or
+    ``fn = autopar.parallelize(cell, ...)``; it works on methods too (``def step(self, h, x)``).
+    autopar calls ``cell(h, x)`` with ``h`` a pytree like ``h0`` and ``x`` one time step of
+    ``xs`` (``None`` when ``xs`` is None); it must return the new state with ``h``'s structure,
+    shapes and dtypes. ``fn(h0, xs)`` returns the states h_1..h_T stacked on axis 0, the same
+    values as ``jax.lax.scan``; ``fn.explain(h0, xs)`` says what was proven and chosen.
+
+    Args:
+        cell: the step function. Closed-over arrays are differentiable constants.
+        solver: ``"auto"`` (default: the planner picks the cheapest solver that is exact for
+            the proven structure on this backend), ``"sequential"`` (``lax.scan``),
+            ``"linear"`` (one associative scan; affine cells only), ``"deer"`` (Newton, each
+            iteration a linear scan in the proven structure of J), ``"quasi-deer"`` (Newton with
+            diag(J)), ``"elk"`` / ``"quasi-elk"`` (Levenberg–Marquardt steps by a parallel Kalman
+            smoother, for unstable cells). ``autopar.SOLVER_NAMES`` lists them all. Without
+            ``solver=`` (or ``backward=``) the process-wide default of `autopar.config` applies
+            (``"auto"`` unless set by ``autopar.config.override`` or ``$AUTOPAR_SOLVER``).
+        tol: convergence tolerance of the iterative solvers on the per-element residual
+            max_t ‖h_t − cell(h_{t−1}, x_t)‖∞ / (1 + max‖h‖∞), judged per element. Default
+            ``None``: by dtype (32·eps for float32, 1e-12 for float64, 1e-2 for 16-bit floats).
+        max_iters: iteration cap of the iterative solvers. Default ``None``: min(T + 1, cap)
+            with cap 64 for deer and elk, 256 for quasi-deer (Newton is exact after T).
+        name: the name used in reports and log lines. Default: the cell's qualified name.
+
+    Other Parameters:
+        backward (str): how gradients are computed. ``"auto"`` (default: the planner's
+            choice), ``"linear"`` (the adjoint recurrence as one reverse structured scan),
+            ``"sequential"`` (a reverse ``lax.scan`` of per-step VJPs) or ``"autodiff"`` (JAX
+            differentiates the forward solver itself; exact solvers only — enables forward
+            mode). Every mode but autodiff is the implicit adjoint, exact at the solution
+            whatever the forward solver.
+        check (bool): ``True`` verifies the proven sparsity against ``jax.jacfwd`` of the step at
+            a few random points during analysis (slow; for debugging passes and rules).
+            Default False.
+        chunk_size (int): reserved; accepted, but the chunked solvers currently pick their own
+            chunk length.
+        damping (float): the initial Levenberg–Marquardt damping λ of the ELK solvers (adapted by
+            a trust region afterwards). Default 0.01.
+        fallback (bool): ``True`` (default) runs the solver's fallback chain (deer → elk →
+            sequential) when it does not converge; ``False`` returns the planned solver's best
+            iterate, with ``info.converged`` False (and compiles a smaller program).
+        init (str | array): the first iterate of the Newton solvers: ``"zeros"`` (default),
+            ``"h0"`` (every step at h0), ``"picard"`` (one Picard sweep) or a (T, D) array (the
+            flat state trajectory, e.g. a previous solution).
+        memory_budget (float): bytes a solver may keep alive; a candidate predicted to exceed it
+            is never chosen. Default ``None``: half the device memory (of physical RAM on a CPU).
+        picard_warmup (int): ``k`` Picard sweeps before Newton (each makes one more step exact);
+            implies ``init="picard"``. Default 0.
+        unroll (int): as ``lax.scan``'s ``unroll``, for the sequential solver and the sequential
+            fallbacks (``autopar.scan`` passes its own ``unroll`` here). Default 1.
+
+    Returns:
+        A `Parallelized` (or, without ``cell``, a decorator that makes one). Analysis
+        and compilation happen at the first call for each input signature; set
+        ``logging.getLogger("autopar").setLevel("INFO")`` to see what is built and how long it
+        took.
+
+    Raises:
+        TypeError / ValueError: for an unknown option or solver, or invalid values — here, before
+            anything is traced. A cell that cannot be called as ``cell(h, x)`` or returns a state of
+            another structure, shape or dtype raises at the first call, before any compilation.
     """
     if cell is None:
-        return functools.partial(parallelize, solver=solver, tol=tol, max_iters=max_iters, **options)
-    return Parallelized(cell, solver=solver, tol=tol, max_iters=max_iters, **options)
+        return functools.partial(parallelize, solver=solver, tol=tol, max_iters=max_iters, name=name, **options)
+    return Parallelized(cell, solver=solver, tol=tol, max_iters=max_iters, name=name, **options)
 
 
 def _call_signature(h0, xs, length) -> tuple:
@@ -186,17 +424,36 @@ def _state_cell(f):
         return out[0]
 
     cell.__name__ = getattr(f, "__name__", "f")
+    cell.__qualname__ = getattr(f, "__qualname__", cell.__name__)
     return cell
 
 
 def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None, reverse: bool = False,
-         unroll: int | bool = 1, *, solver: str = "auto", return_info: bool = False, **options: Any):
+         unroll: int | bool = 1, *, solver: str | None = None, return_info: bool = False, **options: Any):
     """Drop-in for ``jax.lax.scan``: ``f(carry, x) -> (carry, y)``; returns ``(carry, ys)``.
 
-    The state update is solved by autopar; then every ``y`` comes from one vmapped
-    pass over (previous carry, x). ``unroll`` is validated as lax.scan does and used by the
-    sequential solver (and sequential fallbacks) only. A weakly typed ``init`` (a Python scalar)
-    is promoted to the body's carry dtype, as lax.scan does.
+    The carry recurrence is solved by autopar (as `parallelize` would, with the same
+    options); then every ``y`` comes from one vmapped pass of ``f`` over (previous carry, x).
+    Calling it again with the same ``f`` object reuses the analysis and compiled program.
+    A weakly typed ``init`` (a Python scalar) is promoted to the body's carry dtype, as
+    ``lax.scan`` does.
+
+    Args:
+        f: the body, ``f(carry, x) -> (new_carry, y)`` as for ``lax.scan``.
+        init: the initial carry, any pytree of arrays.
+        xs: the inputs, time axis first (``None`` with ``length``).
+        length: T when ``xs`` is None.
+        reverse: scan from the end, like ``lax.scan(..., reverse=True)``.
+        unroll: validated as for ``lax.scan`` (a non-negative int or a bool) and used by the
+            sequential solver (and sequential fallbacks) only.
+        solver: as for `parallelize`.
+        return_info: also return the solve's `Info`.
+        **options: any option of `parallelize` (``backward``, ``tol``, ``max_iters``, …).
+
+    Returns:
+        ``(carry, ys)``: the final carry (a pytree like ``init``) and the stacked ``y``
+        (every leaf with a leading axis of length T). With ``return_info=True``,
+        ``((carry, ys), info)`` — the pair first, then the info.
     """
     if not callable(f):
         raise TypeError(f"`f` must be callable as f(carry, x) -> (carry, y); got {type(f).__name__}: {f!r}.")
@@ -212,7 +469,7 @@ def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None, reve
     if unroll != 1:
         options = dict(options, unroll=int(unroll))
     init = _promote_weak_init(f, init, xs)
-    fn = parallelize(_state_cell(f), solver=solver, **options)
+    fn = _scan_parallelized(f, solver, options)
     out = fn(init, xs, length=length, reverse=reverse, return_info=return_info)
     hs, info = out if return_info else (out, None)
     if T == 0:
@@ -258,6 +515,29 @@ def _promote_weak_init(f, init, xs):
     return jax.tree_util.tree_unflatten(treedef, new)
 
 
+#: ``autopar.scan`` keeps the ``Parallelized`` of its last few step functions, so calling it again
+#: with the same ``f`` (like ``lax.scan``, keyed on the function object) reuses the analysis and
+#: the compiled program instead of building them again.
+_SCAN_CACHE: "collections.OrderedDict[Any, Parallelized]" = collections.OrderedDict()
+_SCAN_CACHE_SIZE = 64
+
+
+def _scan_parallelized(f, solver, options) -> Parallelized:
+    try:
+        k = (f, solver, tuple(sorted(options.items())))
+        hash(k)
+    except TypeError:  # an unhashable option value (e.g. init=array): no reuse
+        return parallelize(_state_cell(f), solver=solver, **options)
+    fn = _SCAN_CACHE.get(k)
+    if fn is None:
+        fn = _SCAN_CACHE[k] = parallelize(_state_cell(f), solver=solver, **options)
+        while len(_SCAN_CACHE) > _SCAN_CACHE_SIZE:
+            _SCAN_CACHE.popitem(last=False)
+    else:
+        _SCAN_CACHE.move_to_end(k)
+    return fn
+
+
 def _empty_ys(f, init, xs):
     x0 = None if xs is None else jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], jnp.asarray(a).dtype), xs)
     init_s = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.asarray(a).dtype), init)
@@ -265,6 +545,9 @@ def _empty_ys(f, init, xs):
     return jax.tree_util.tree_map(lambda s: jnp.zeros((0, *s.shape), s.dtype), y_shape)
 
 
-def explain(f: Callable, init: Any, xs: Any = None, length: int | None = None, *, solver: str = "auto", **options: Any) -> Report:
-    """Report for a ``lax.scan``-style ``f(carry, x) -> (carry, y)``."""
+def explain(f: Callable, init: Any, xs: Any = None, length: int | None = None, *, solver: str | None = None, **options: Any) -> Report:
+    """The `Report` for a ``lax.scan``-style ``f(carry, x) -> (carry, y)``.
+
+    What `scan` with the same arguments would prove and run; nothing is compiled.
+    """
     return parallelize(_state_cell(f), solver=solver, **options).explain(init, xs, length=length)

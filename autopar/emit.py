@@ -56,7 +56,7 @@ from .solvers import convergence as cv
 from .solvers.linear import linear_scan, linearize_steps
 from .solvers.sequential import sequential_trajectory
 
-__all__ = ["Info", "build"]
+__all__ = ["Info", "build", "residual"]
 
 
 @jax.tree_util.register_dataclass
@@ -65,8 +65,11 @@ class Info:
     """What happened in a solve. Array fields are traced values under jit.
 
     ``solver`` is the name of the solver that produced the result (after any
-    fallback); ``iterations``, ``converged`` and ``residual`` (max over t of
-    ‖v_t − f(v_{t−1}, x_t)‖∞ relative to the state scale) describe the solve.
+    fallback; ``fallback`` says why); ``iterations`` the total over the stages that ran;
+    ``residual`` (with ``return_info=True``) the per-element one-step defect
+    max_{t,i} |v_{t,i} − f(v_{t−1}, x_t)_i| / (|v_{t,i}| + (|J_t|·|v_{t−1}|)_i); ``converged``
+    that the producing stage met its tolerance and the trajectory is finite
+    (``autopar.solvers.convergence`` has the exact guarantee).
     """
 
     solver_index: Any
@@ -130,7 +133,7 @@ def make_differentiable_solve(rec, plan: Plan):
     ``jax.custom_vjp`` cannot be pushed forward by JAX, so it keeps a ``jax.custom_vjp`` rule
     (reverse mode only, sequential adjoint).
     """
-    if _compat.has_custom_vjp(rec.step_jaxpr):
+    if rec.has_custom_vjp:
         return _custom_vjp_solve(rec, plan)
     solver = get_solver(plan.solver)
     structure = plan.structure
@@ -271,12 +274,13 @@ def _custom_vjp_solve(rec, plan: Plan):
     solver = get_solver(plan.solver)
     structure = plan.structure
 
-    def step(consts, v, xt):
+    def step(consts, v, xt):  # the adjoint's: JAX applies the cell's custom rules
         disc, x = xt
         return rec.step(consts, v, disc, x)[0]
 
     def forward(consts, v0, xt):
-        f = lambda v, x: step(consts, v, x)  # noqa: E731
+        # the solvers linearise the primal (custom_vjp calls inlined; the same values)
+        f = lambda v, x: rec.primal_step(consts, v, *x)[0]  # noqa: E731
         problem = Problem(f, v0, xt, structure, rec.length, plan.options, (rec.layout.split, rec.layout.join))
         vs, stats = solver.solve(problem)
         return vs, (stats.solver_index, stats.iterations, stats.converged, stats.history)
@@ -358,8 +362,11 @@ def _adjoint_sequential(step, consts, v0, xt, prev, g):
     return d_consts, d_v0, d_xt
 
 
-def build(rec, plan: Plan, *, with_residual: bool = False) -> Callable:
-    """The program for ``plan``: ``run(consts, h0_leaves, x_leaves) -> (state leaves (T, ...), Info)``."""
+def build(rec, plan: Plan) -> Callable:
+    """The program for ``plan``: ``run(consts, h0_leaves, x_leaves) -> (state leaves (T, ...), Info)``.
+
+    ``Info.residual`` is NaN here: ``residual`` checks a returned trajectory in a program of its own,
+    so asking for it never recompiles the solve."""
     layout = rec.layout
     n_disc = rec.n_discrete
     chain = get_solver(plan.solver).chain()
@@ -391,16 +398,11 @@ def build(rec, plan: Plan, *, with_residual: bool = False) -> Callable:
             disc_prev = [jnp.concatenate([d0[None], d[:-1]], 0) for d0, d in zip(disc0, discs)]
             solve = make_differentiable_solve(rec, plan)
             vs, stats = solve(list(consts), v0, (disc_prev, list(x_leaves)))
-        residual = jnp.asarray(jnp.nan, jnp.float32)
-        if with_residual:
-            residual = _residual(rec, plan, consts, v0, disc0, discs, x_leaves, vs)
         leaves = jax.vmap(layout.unravel)(vs, list(discs)) if T > 0 else _empty_leaves(layout, discs)
         if plan.forced and len(chain) > 1:
             _warn_on_fallback(stats[0], chain)
-        converged = stats[2]
-        if with_residual:  # a trajectory with NaN/inf in it is never "converged" (NaN inputs, overflow)
-            converged = converged & jnp.isfinite(residual)
-        info = Info(stats[0], stats[1], converged, residual, stats[3], chain, plan.solver, plan.backward)
+        info = Info(stats[0], stats[1], stats[2], jnp.asarray(jnp.nan, jnp.float32), stats[3], chain, plan.solver,
+                    plan.backward)
         return leaves, info
 
     return run
@@ -463,14 +465,17 @@ def _discrete_trajectory(rec, plan, consts, v0, disc0, x_leaves):
     return jax.lax.scan(body, list(disc0), list(x_leaves), length=rec.length)[1]
 
 
-def _residual(rec, plan, consts, v0, disc0, discs, x_leaves, vs):
-    """The per-element residual of ``autopar.solvers.convergence`` at the returned trajectory,
-    with the proven structure's J: max_{t,i} |v_{t,i} − f(v_{t−1}, x_t)_i| / s_{t,i}."""
+def residual(rec, plan: Plan, consts, h0_leaves, hs_leaves, x_leaves):
+    """The per-element residual (``autopar.solvers.convergence``) of a returned trajectory, with the
+    proven structure's J: max_{t,i} |v_{t,i} − f(v_{t−1}, x_t)_i| / s_{t,i} as a float32 scalar, inf
+    if anything is NaN/inf. All leaves in the order the recurrence runs (flipped for ``reverse``)."""
     if rec.length == 0 or rec.size == 0:
         return jnp.zeros((), jnp.float32)
+    v0, disc0 = rec.layout.ravel(list(h0_leaves))
+    vs, discs = jax.vmap(rec.layout.ravel)(list(hs_leaves))
     vs = jax.lax.stop_gradient(vs)
     prev = _shift(v0, vs)
     disc_prev = [jnp.concatenate([d0[None], d[:-1]], 0) for d0, d in zip(disc0, discs)]
-    f = lambda v, xt: rec.step(consts, v, *xt)[0]  # noqa: E731
+    f = lambda v, xt: rec.primal_step(consts, v, *xt)[0]  # noqa: E731
     fv, a = linearize_steps(f, plan.structure, prev, (disc_prev, list(x_leaves)))
     return cv.stage_residual(plan.structure, a, prev, vs, fv)

@@ -56,13 +56,28 @@ def check_same_structure(h0: Any, out_shape: Any, treedef: Any) -> None:
         )
     for (path, leaf), out in zip(jax.tree_util.tree_leaves_with_path(h0), jax.tree_util.tree_leaves(out_shape)):
         shape, dtype = np.shape(leaf), jax.numpy.asarray(leaf).dtype
-        if tuple(out.shape) != tuple(shape) or np.dtype(out.dtype) != np.dtype(dtype):
-            raise TypeError(
-                f"the cell's new state at `h0{jax.tree_util.keystr(path)}` is "
-                f"{np.dtype(out.dtype).name}{list(out.shape)}, but h0 there is {np.dtype(dtype).name}{list(shape)}. "
-                "A recurrence must keep each state leaf's shape and dtype: cast with .astype(h.dtype) "
-                "or fix the initial state's dtype."
+        shape_ok = tuple(out.shape) == tuple(shape)
+        dtype_ok = np.dtype(out.dtype) == np.dtype(dtype)
+        if shape_ok and dtype_ok:
+            continue
+        where = f"h0{jax.tree_util.keystr(path)}"
+        got, want = f"{np.dtype(out.dtype).name}{list(out.shape)}", f"{np.dtype(dtype).name}{list(shape)}"
+        if not shape_ok:
+            advice = (
+                f"its shape changed from {tuple(shape)} to {tuple(out.shape)}. A recurrence must return each "
+                "state leaf in the shape it received (check slicing, reductions and broadcasting against x; "
+                "a per-step output that is not state belongs in autopar.scan's y)"
             )
+            if not dtype_ok:
+                advice += f", and in its dtype ({np.dtype(dtype).name}, not {np.dtype(out.dtype).name})"
+        else:
+            advice = (
+                f"its dtype changed from {np.dtype(dtype).name} to {np.dtype(out.dtype).name}. A recurrence must "
+                "keep each state leaf's shape and dtype: cast the new state with .astype(h.dtype), or build "
+                f"h0 in the dtype the cell computes in ({np.dtype(out.dtype).name})"
+            )
+        raise TypeError(f"the cell's new state at `{where}` is {got}, but {where} (the state it was given) is "
+                        f"{want}: {advice}.")
 
 
 _CONTROL_FLOW_ERRORS = (

@@ -45,7 +45,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import costs
+from . import config, costs
 from .solvers import SOLVER_NAMES, get_solver, solver_names
 from .structure import Diagonal
 
@@ -240,7 +240,7 @@ def make_plan(rec: Any, facts: Any, solver: str = "auto", backend: str | None = 
     JAX's default backend; pass ``"gpu"`` to see what autopar would do there).
     """
     options = dict(options or {})
-    backend = backend or jax.default_backend()
+    backend = config.resolve_backend(backend)  # explicit > autopar.config.planner_backend > JAX's
     K = costs.constants_for(backend)
     if solver != "auto":
         get_solver(solver)  # raises with the list of available solvers
@@ -299,6 +299,20 @@ def make_plan(rec: Any, facts: Any, solver: str = "auto", backend: str | None = 
 
 
 BACKWARD_MODES = ("auto", "linear", "sequential", "autodiff")
+
+
+def per_step_adjoint(facts) -> str:
+    """Why the adjoint must run the cell's own VJP step by step (as lax.scan's gradient does), or "".
+
+    A custom_vjp's backward rule, and the AD rules of rounding (which round the tangents and
+    cotangents themselves), are not a linear map a compact J can hold: the linear adjoint reads J
+    from forward mode and would give the exact derivative of an unrounded / unclipped cell."""
+    why = []
+    if facts.get("custom_vjp"):
+        why.append(f"the cell calls a custom_vjp ({', '.join(facts['custom_vjp'])}) on the state")
+    if facts.get("rounding"):
+        why.append(f"the cell rounds a state-dependent value ({', '.join(facts['rounding'])})")
+    return "; ".join(why) + ": its AD rules apply per step, as in lax.scan's gradient" if why else ""
 _EXACT_SOLVERS = ("sequential", "linear")
 
 
@@ -322,6 +336,12 @@ def _backward_mode(backward, solver, rec, facts, K, blockers, budget) -> tuple[s
         if solver == "sequential":
             return "autodiff", "the float recurrence is not separable (integer leaves read it, or it is empty)"
         return backward, f"forced by backward={backward!r}"
+    per_step = per_step_adjoint(facts)
+    if per_step:
+        if backward == "linear":
+            raise ValueError(f"backward='linear' cannot be used: {per_step}. Use backward='sequential' (or 'auto').")
+        if backward == "auto":
+            return "sequential", per_step
     if backward == "linear" and blockers:
         raise ValueError(
             "backward='linear' needs the adjoint recurrence in a parallel form, but "

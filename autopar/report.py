@@ -2,7 +2,9 @@
 
 A ``Report`` holds the very Facts and Plan the emitter used — ``explain()`` never
 computes a second opinion. ``str(report)`` is a plain-text summary to paste into
-an issue; notebooks get the same text via ``_repr_markdown_``.
+an issue. Patterns a picture adds nothing to (diagonal, dense, blocks) are one line;
+others are drawn in at most 16 rows (``report.pattern()`` or ``report.plot()`` for the
+full one), and notebooks render the full pattern as an image (``_repr_html_``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Report", "render_pattern"]
+__all__ = ["Report", "render_pattern", "summarize_pattern"]
 
 
 def render_pattern(pattern: np.ndarray, max_size: int = 64) -> str:
@@ -22,6 +24,109 @@ def render_pattern(pattern: np.ndarray, max_size: int = 64) -> str:
     if D > max_size:
         return f"(pattern of size {D}×{D} not drawn; D > {max_size})"
     return "\n".join("".join("#" if v else "." for v in row) for row in pattern)
+
+
+def render_pattern_tiled(pattern: np.ndarray, max_rows: int = 16) -> tuple[str, int]:
+    """The pattern drawn in at most ``max_rows`` rows: each character is a k × k tile
+    ('#' every entry may be nonzero, '+' some, '.' none). Returns (picture, k)."""
+    P = np.asarray(pattern, bool)
+    D = P.shape[0]
+    k = max(1, -(-D // max_rows))
+    if k == 1:
+        return render_pattern(P, max_size=D), 1
+    n = -(-D // k)
+    pad = np.zeros((n * k, n * k), bool)
+    pad[:D, :D] = P
+    valid = np.zeros((n * k, n * k), bool)
+    valid[:D, :D] = True
+    tiles = pad.reshape(n, k, n, k).sum(axis=(1, 3))
+    sizes = valid.reshape(n, k, n, k).sum(axis=(1, 3))
+    chars = np.where(tiles == 0, ".", np.where(tiles == sizes, "#", "+"))
+    return "\n".join("".join(row) for row in chars), k
+
+
+def _components(P: np.ndarray) -> list[np.ndarray]:
+    """Connected components of the undirected graph i ~ j when P[i, j] or P[j, i]."""
+    D = P.shape[0]
+    parent = np.arange(D)
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(P | P.T)):
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    roots = np.array([find(i) for i in range(D)])
+    return [np.nonzero(roots == r)[0] for r in np.unique(roots)]
+
+
+def summarize_pattern(pattern: np.ndarray) -> str | None:
+    """One line for a pattern a picture would add nothing to, else None.
+
+    ``"zero"``, ``"diagonal (64)"``, ``"dense (16 × 16)"``, ``"4 blocks of 16"``,
+    ``"4 blocks of 16 (permuted)"``, ``"3 blocks of sizes 2, 2, 4"``.
+    """
+    P = np.asarray(pattern, bool)
+    D = P.shape[0]
+    if D == 0:
+        return "empty (no float state)"
+    if not P.any():
+        return "zero (the new state does not read the state)"
+    off = P & ~np.eye(D, dtype=bool)
+    if not off.any():
+        nz = int(P.diagonal().sum())
+        return f"diagonal ({D})" if nz == D else f"diagonal ({nz} of {D} entries; the others do not read the state)"
+    if P.all():
+        return f"dense ({D} × {D})"
+    comps = _components(P)
+    if len(comps) > 1 and all(P[np.ix_(c, c)].all() for c in comps):
+        sizes = [len(c) for c in comps]
+        contiguous = all(c[-1] - c[0] + 1 == len(c) for c in comps)
+        where = "" if contiguous else " (permuted)"
+        if len(set(sizes)) == 1:
+            return f"{len(comps)} blocks of {sizes[0]}{where}"
+        return f"{len(comps)} blocks of sizes {', '.join(map(str, sorted(sizes)))}{where}"
+    return None
+
+
+#: What each built-in solver does, for the candidate table (a solver's own ``applies()`` reason
+#: is kept for the candidates that do not apply: it says why not).
+_SOLVER_NOTES = {
+    "sequential": "lax.scan: always exact; T dependent steps",
+    "deer": "Newton, J in its proven structure ({kind})",
+    "quasi-deer": "Newton with diag(J): cheaper steps, more of them",
+    "elk": "trust-region Newton (Kalman smoother): unstable cells",
+    "quasi-elk": "elk with diag(J), elementwise: unstable cells",
+}
+
+
+def _candidate_reason(c: Any, structure: Any) -> str:
+    note = _SOLVER_NOTES.get(c.solver)
+    if not c.applies or note is None:
+        return c.reason
+    return note.format(kind=structure.kind)
+
+
+def _formula_lines(formula: str, max_lines: int = 4) -> list[str]:
+    """One line per element's formula, at most ``max_lines``; the rest counted, not cut."""
+    eqs = formula.split("; ")
+    lines = [f"formula: {eqs[0]}"] + [f"         {e}" for e in eqs[1:max_lines]]
+    if len(eqs) > max_lines:
+        lines.append(f"         … ({len(eqs) - max_lines} more: report.facts['formula'])")
+    return lines
+
+
+def _short(value: Any, width: int = 70) -> str:
+    if isinstance(value, np.ndarray) or hasattr(value, "shape") and hasattr(value, "dtype"):
+        arr = np.asarray(value)
+        if arr.size > 8:
+            return f"{arr.dtype.name}{list(arr.shape)}"
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _fmt_time(t: float) -> str:
@@ -84,27 +189,83 @@ class Report:
     def conservative(self) -> list[str]:
         return list(self.facts.get("conservative", []))
 
+    @property
+    def user_facts(self) -> dict:
+        """Facts provided by passes registered outside autopar (``autopar.passes.register``)."""
+        from .passes import registered_passes
+
+        builtin, user = set(), {}
+        for p in registered_passes():
+            mod = type(p).__module__
+            if mod.startswith(("autopar.", "passes.")) or mod in ("autopar", "passes"):
+                builtin.update(p.provides)
+        for p in registered_passes():
+            mod = type(p).__module__
+            if not (mod.startswith(("autopar.", "passes.")) or mod in ("autopar", "passes")):
+                for k in p.provides:
+                    if k not in builtin and k in self.facts:
+                        user[k] = self.facts[k]
+        return user
+
+    @property
+    def pattern_summary(self) -> str | None:
+        """The sparsity pattern in one line ("diagonal (64)", "4 blocks of 16 (permuted)"), or None
+        when only a picture says it (see `pattern`)."""
+        return summarize_pattern(self.sparsity)
+
+    def pattern(self, max_rows: int | None = None) -> str:
+        """The sparsity pattern as text, one character per entry ('#' may be nonzero, '.' zero);
+        with ``max_rows``, in tiles so it is at most that tall ('+' a tile with some nonzeros)."""
+        if max_rows is None:
+            return render_pattern(self.sparsity, max_size=self.sparsity.shape[0])
+        return render_pattern_tiled(self.sparsity, max_rows)[0]
+
+    def _extraction(self) -> str:
+        st = self.structure
+        n = st.n_jvps
+        text = f"{n} JVP{'s' if n != 1 else ''} per step"
+        colors = self.facts.get("colors")
+        c = colors.get("n") if isinstance(colors, dict) else None
+        if c is not None and c != n and st.kind != "zero":
+            text += f"; colouring the sparsity pattern alone would take {c}"
+        return text
+
     def __str__(self) -> str:
         st = self.structure
-        lines = [f"autopar report for {self.name!r}: T={self.length}, D={self.layout.size} ({np.dtype(self.layout.vec_dtype).name})"]
+        D = self.layout.size
+        lines = [f"autopar report for {self.name!r}: T={self.length}, D={D} ({np.dtype(self.layout.vec_dtype).name})"]
         lines.append("state layout:")
         lines += [f"  {row}" for row in self.layout.describe()]
-        lines.append(f"structure of J = ∂h_new/∂h: {st.describe()}  (extraction: {st.n_jvps} JVP{'s' if st.n_jvps != 1 else ''} per step)")
+        lines.append(f"structure of J = ∂h_new/∂h: {st.describe()}  (extraction: {self._extraction()})")
         lines.append(f"degree in h: {self.degree}  (linear: {self.linear})")
         if self.facts.get("formula"):
-            lines.append(f"formula: {self.facts['formula']}")
+            lines += _formula_lines(str(self.facts["formula"]))
         if self.conservative:
             lines.append(f"handled conservatively (no rule; assumed dense): {', '.join(self.conservative)}")
         for note in self.facts.get("notes", []):
+            if note.startswith("compressed extraction:"):
+                continue  # said, for the final structure, on the structure line
             lines.append(f"note: {note}")
-        if self.layout.size <= 64 and self.layout.size > 0:
-            lines.append("sparsity pattern (rows: new state, cols: state):")
-            lines += ["  " + r for r in render_pattern(self.sparsity).splitlines()]
+        for k, v in self.user_facts.items():
+            lines.append(f"fact {k}: {_short(v)}  (from a user pass)")
+        if D > 0:
+            summary = self.pattern_summary
+            if summary is not None:
+                lines.append(f"sparsity pattern: {summary}")
+            else:
+                nnz = int(self.sparsity.sum())
+                pic, k = render_pattern_tiled(self.sparsity, 16)
+                tile = "" if k == 1 else f"; each character a {k}×{k} tile: # all, + some, . none"
+                lines.append(f"sparsity pattern ({nnz} of {D * D} entries may be nonzero; rows: new state, "
+                             f"cols: state{tile}; full: report.pattern() or report.plot()):")
+                lines += ["  " + r for r in pic.splitlines()]
         lines.append(f"solver: {self.solver}  ({self.plan.reason})")
         breason = getattr(self.plan, "backward_reason", "")
         lines.append(f"backward: {self.plan.backward}" + (f"  ({breason})" if breason else ""))
         lines.append(f"candidates on {self.plan.backend}:")
-        lines.append(f"  {'solver':<12} {'applies':<8} {'pred. time':>11} {'pred. memory':>13} {'iters':>6} {'depth':>7} {'work':>9}  reason")
+        w = max([6] + [len(c.solver) for c in self.candidates])
+        lines.append(f"  {'solver':<{w}} {'applies':<7} {'pred. time':>10} {'pred. memory':>12} {'iters':>5} "
+                     f"{'depth':>6} {'work':>7}  reason")
         for c in self.candidates:
             mark = "*" if c.chosen else " "
             iters = "—" if math.isnan(c.iterations) else f"{c.iterations:g}"
@@ -112,8 +273,10 @@ class Report:
             work = getattr(c, "work", math.nan)
             depth = "—" if math.isnan(depth) else f"{depth:.0f}"
             work = "—" if math.isnan(work) else f"{work:.2g}"
+            applies = "yes" if c.applies else "no"
             lines.append(
-                f"{mark} {c.solver:<12} {str(c.applies):<8} {_fmt_time(c.time):>11} {_fmt_bytes(c.memory):>13} {iters:>6} {depth:>7} {work:>9}  {c.reason}"
+                f"{mark} {c.solver:<{w}} {applies:<7} {_fmt_time(c.time):>10} {_fmt_bytes(c.memory):>12} {iters:>5} "
+                f"{depth:>6} {work:>7}  {_candidate_reason(c, st)}"
             )
         budget = getattr(self.plan, "memory_budget", None)
         K = getattr(self.plan, "constants", None)
@@ -125,6 +288,23 @@ class Report:
         if foot:
             lines.append("  (" + "; ".join(foot) + ")")
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """Notebook view: the text report, and the full sparsity pattern drawn as an image."""
+        import html
+
+        out = [f"<pre>{html.escape(str(self))}</pre>"]
+        D = self.layout.size
+        if 0 < D <= 512:
+            cell = max(1, min(8, 384 // D))
+            rects = "".join(f'<rect x="{j * cell}" y="{i * cell}" width="{cell}" height="{cell}"/>'
+                            for i, j in zip(*np.nonzero(self.sparsity)))
+            out.append(
+                f"<div>sparsity pattern of J ({D} × {D}; rows: new state, cols: state)</div>"
+                f'<svg xmlns="http://www.w3.org/2000/svg" width="{D * cell}" height="{D * cell}" '
+                f'style="border:1px solid #888"><g fill="#222">{rects}</g></svg>'
+            )
+        return "\n".join(out)
 
     def _repr_markdown_(self) -> str:
         return "```\n" + str(self) + "\n```"

@@ -151,9 +151,25 @@ class Recurrence:
         return len(self.layout.discrete_leaves)
 
     def step(self, consts: Sequence[Any], v, discrete: Sequence[Any], x_leaves: Sequence[Any]):
-        """Evaluate one step: returns (v_new, discrete_new)."""
+        """Evaluate one step: returns (v_new, discrete_new). Differentiating it applies the cell's
+        own custom rules — what ``jax.grad`` of ``lax.scan`` does: the adjoint uses this."""
         outs = _compat.eval_jaxpr(self.step_jaxpr.jaxpr, list(consts), v, *discrete, *x_leaves)
         return outs[0], list(outs[1:])
+
+    def primal_step(self, consts: Sequence[Any], v, discrete: Sequence[Any], x_leaves: Sequence[Any]):
+        """``step`` with every custom_vjp call inlined as its primal function: the same values, and
+        forward mode works on it (JAX cannot push a JVP into a custom_vjp). The forward solvers
+        linearise this one: Newton's Jacobian is the primal's, whatever a custom backward rule
+        (gradient clipping, say) does to gradients."""
+        if not self.has_custom_vjp:
+            return self.step(consts, v, discrete, x_leaves)
+        outs = _compat.eval_jaxpr_inlined(self.step_jaxpr.jaxpr, list(consts), v, *discrete, *x_leaves)
+        return outs[0], list(outs[1:])
+
+    @functools.cached_property
+    def has_custom_vjp(self) -> bool:
+        """Whether the step calls a custom_vjp anywhere (nested calls and loops included)."""
+        return _compat.has_custom_vjp(self.step_jaxpr)
 
     def signature(self) -> tuple:
         """Hashable key of everything the analysis depends on (not const values); computed once."""

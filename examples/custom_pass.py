@@ -82,6 +82,8 @@ def main():
 
         tri = autopar.parallelize(tridiagonal).explain(h0, xs)
         print("tridiagonal cell: bandwidth", tri.facts["bandwidth"], "|", tri.structure.describe())
+        print("\nits report (the user pass's fact is listed with the built-in ones):")
+        print(tri)
         return before, report, tri, hs, ref
     finally:
         autopar.passes.unregister_rule("softsign")

@@ -1,20 +1,25 @@
 """autopar demo: parallelize real recurrent cells, print what autopar proves, and time it.
 
-    python examples/demo.py            # T = 4096
-    python examples/demo.py --T 65536  # longer sequences
-    python examples/demo.py --quick    # tiny sizes (used by the tests)
+    python examples/demo.py                 # T = 4096, about a minute on 2 CPU cores
+    python examples/demo.py --T 65536       # longer sequences
+    python examples/demo.py --all-solvers   # also time quasi-DEER (and DEER on affine cells)
+    python examples/demo.py --quick         # tiny sizes, one repeat (what the tests run)
 
-For each cell it prints the ``explain()`` summary, then a table: autopar's
-automatic choice, each parallel solver that applies (forced), and ``lax.scan``,
-all timed side by side in this process, with the max error against lax.scan.
+For each cell it prints the ``explain()`` report as it goes, with a progress line
+while it compiles and times, then one summary table: autopar's automatic choice,
+the best parallel solver that applies (forced), and ``lax.scan``, all timed side
+by side in this process, with the max error against lax.scan.
 On a CPU a sequential scan of a cheap cell is hard to beat and the planner knows
 it; on a GPU the parallel solvers win by orders of magnitude (docs/benchmarks.md).
+Most of a first run's time is compilation (once per cell and solver); set
+``logging.getLogger("autopar").setLevel("INFO")`` to see it.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
 
 import jax
@@ -122,9 +127,19 @@ CELLS = {"mamba-ssm": mamba_ssm, "lru (complex)": lru, "deltanet": deltanet, "di
          "lstm": lstm}
 #: Largest max-abs difference from lax.scan accepted (float32 states of order 1, T up to 2^16).
 TOLERANCE = 1e-3
-#: Forced solvers timed in the table. ELK / quasi-ELK are for unstable cells (see docs/solvers.md and
-#: benchmarks/newton.py); on these contracting cells DEER is their cheaper sibling.
-DEMO_SOLVERS = ("linear", "deer", "quasi-deer")
+#: Forced solvers timed with --all-solvers. ELK / quasi-ELK are for unstable cells (see
+#: docs/solvers.md and benchmarks/newton.py); on these contracting cells DEER is their cheaper sibling.
+ALL_SOLVERS = ("linear", "deer", "quasi-deer")
+
+
+def parallel_solvers(report, all_solvers: bool) -> list[str]:
+    """The forced solvers to time for one cell: by default the best parallel one that applies
+    (linear for an affine cell, else DEER); with --all-solvers every one of ALL_SOLVERS."""
+    applies = [c.solver for c in report.candidates if c.applies and c.solver in ALL_SOLVERS]
+    if all_solvers:
+        # quasi-DEER keeps only diag(J): on a Householder (Kronecker) factor it needs ~100+ iterations
+        return [s for s in applies if not (s == "quasi-deer" and report.structure.kind.startswith("kronecker"))]
+    return applies[:1] if "linear" not in applies else ["linear"]
 
 
 # ---- timing --------------------------------------------------------------------------
@@ -143,54 +158,78 @@ def max_err(a, b):
     return max(float(jnp.max(jnp.abs(x - y))) if x.size else 0.0 for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
+def progress(msg: str) -> None:
+    """A progress fragment on stderr (so `demo.py > table.txt` keeps only the reports and table)."""
+    print(msg, end="", file=sys.stderr, flush=True)
+
+
+def fmt_ms(t: float) -> str:
+    return f"{t * 1e3:.2f}ms" if t < 10 else f"{t:.1f}s"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--T", type=int, default=4096, help="sequence length")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes, one repeat (smoke test)")
-    ap.add_argument("--no-explain", action="store_true", help="print only the table")
+    ap.add_argument("--T", type=int, default=4096, help="sequence length (default 4096)")
+    ap.add_argument("--quick", action="store_true", help="T=64, one repeat (smoke test)")
+    ap.add_argument("--all-solvers", action="store_true", help="time every parallel solver that applies")
+    ap.add_argument("--no-explain", action="store_true", help="print only the summary table")
     args = ap.parse_args(argv)
     T, repeats = (64, 1) if args.quick else (args.T, 5)
 
     key = jax.random.PRNGKey(0)
     rows = []
-    for name, make in CELLS.items():
+    start = time.perf_counter()
+    for i, (name, make) in enumerate(CELLS.items(), 1):
+        t_cell = time.perf_counter()
         cell, h0, din = make(jax.random.fold_in(key, hash(name) % 1000))
         xs = jax.random.normal(jax.random.fold_in(key, 7), (T, din))
-        fn = autopar.parallelize(cell)
+        fn = autopar.parallelize(cell, name=name)
         report = fn.explain(h0, xs)
         if not args.no_explain:
             print("=" * 100)
-            print(f"{name}\n{report}\n")
-
+            print(f"{report}\n", flush=True)
+        progress(f"[{i}/{len(CELLS)}] {name}: compiling and timing lax.scan")
         ref_fn = jax.jit(lambda h0, xs, cell=cell: jax.lax.scan(lambda h, x: (cell(h, x),) * 2, h0, xs)[1])
         ref = ref_fn(h0, xs)
         t_scan = timeit(ref_fn, h0, xs, repeats=repeats)
+        progress(f", auto ({report.solver})")
+        out, info = fn(h0, xs, return_info=True)  # one compiled program serves both calls
         t_auto = timeit(fn, h0, xs, repeats=repeats)
-        err_auto = max_err(fn(h0, xs), ref)
         forced = []
-        for c in report.candidates:
-            # quasi-DEER keeps only diag(J): on a Householder (Kronecker) factor it needs ~100+ iterations
-            slow = c.solver == "quasi-deer" and report.structure.kind.startswith("kronecker")
-            if c.applies and c.solver in DEMO_SOLVERS and not slow:
-                f = autopar.parallelize(cell, solver=c.solver)
-                out, info = f(h0, xs, return_info=True)
-                forced.append((c.solver, timeit(f, h0, xs, repeats=repeats), max_err(out, ref), int(info.iterations)))
-        rows.append((name, report, t_auto, t_scan, err_auto, forced))
+        for solver in parallel_solvers(report, args.all_solvers):
+            progress(f", {solver}")
+            # fallback=False: time the solver alone. With its fallback chain (deer -> elk -> sequential)
+            # the program also holds ELK, which costs about 5x the compile time; a run that did not
+            # converge is reported (and fails the demo) instead of falling back.
+            f = autopar.parallelize(cell, solver=solver, name=name, fallback=False)
+            out_f, info_f = f(h0, xs, return_info=True)
+            err_f = max_err(out_f, ref) if bool(info_f.converged) else float("inf")
+            forced.append((solver, timeit(f, h0, xs, repeats=repeats), err_f, int(info_f.iterations)))
+        progress(f" — {time.perf_counter() - t_cell:.1f} s\n")
+        rows.append((name, report, t_auto, t_scan, max_err(out, ref), forced))
 
     dev = jax.devices()[0]
     print("=" * 100)
-    print(f"autopar vs lax.scan — T={T}, device: {dev.device_kind} ({jax.default_backend()}), "
-          f"host: {platform.machine()} with {jax.local_device_count()} device(s); median of {repeats}")
-    hdr = f"{'cell':<14} {'D':>5} {'structure':<34} {'auto→':<11} {'auto':>9} {'lax.scan':>9} {'scan/auto':>9} {'max err':>9}  forced parallel solvers (time, err, iters)"
+    print(f"autopar vs lax.scan — T={T}, {dev.device_kind} ({jax.default_backend()}, {platform.machine()}), "
+          f"median of {repeats}; demo ran {time.perf_counter() - start:.0f} s")
+    width = max(len(r[1].structure.kind) for r in rows)
+    hdr = (f"{'cell':<14} {'D':>4}  {'structure':<{width}}  {'auto →':<11} {'auto':>8} {'lax.scan':>8}  "
+           f"{'parallel':<10} {'time':>8} {'iters':>5}  {'max err':>7}")
     print(hdr)
     print("-" * len(hdr))
     bad = []
     for name, rep, t_auto, t_scan, err, forced in rows:
-        fs = "; ".join(f"{s} {t * 1e3:.2f}ms err {e:.1e} it {it}" for s, t, e, it in forced) or "—"
-        print(f"{name:<14} {rep.layout.size:>5} {rep.structure.describe()[:34]:<34} {rep.solver:<11} "
-              f"{t_auto * 1e3:>7.2f}ms {t_scan * 1e3:>7.2f}ms {t_scan / t_auto:>9.2f} {err:>9.1e}  {fs}")
-        bad += [f"{name}/{s} err {e:.1e}" for s, _, e, _ in [("auto", 0, err, 0), *forced] if not e <= TOLERANCE]
-    print("scan/auto > 1 means autopar is faster. Errors are max |autopar − lax.scan| over the trajectory.")
+        first = (f"{name:<14} {rep.layout.size:>4}  {rep.structure.kind:<{width}}  {rep.solver:<11} "
+                 f"{fmt_ms(t_auto):>8} {fmt_ms(t_scan):>8}  ")
+        if not forced:
+            print(first + f"{'—':<10} {'':>8} {'':>5}  {err:>7.1e}")
+        for j, (s, t, e, it) in enumerate(forced):
+            lead = first if j == 0 else " " * len(first)
+            print(lead + f"{s:<10} {fmt_ms(t):>8} {it:>5}  {max(e, err) if j == 0 else e:>7.1e}")
+        bad += [f"{name}/{s} err {e:.1e}" for s, e in [("auto", err), *[(f[0], f[2]) for f in forced]] if not e <= TOLERANCE]
+    print("auto: the planner's choice for this backend; parallel: the best parallel solver that applies, forced")
+    print("(without its fallback chain; 'inf' = did not converge).")
+    print("Errors are max |autopar − lax.scan| over the trajectory.")
     if bad:
         print("MISMATCH against lax.scan: " + ", ".join(bad))
         raise SystemExit(1)

@@ -51,7 +51,7 @@ def gru_cell(p, h, u):
 
 def model(p, xs, *, recurrence):
     """xs: (T, n_in) → predictions (T, n_out)."""
-    us = jnp.einsum("ghi,ti->tgh", p["W"], xs) + p["b"]
+    us = jnp.einsum("ghi,ti->tgh", p["W"], xs) + p["b"][None]
     h0 = jnp.zeros(p["a"].shape, xs.dtype)
     hs = recurrence(functools.partial(gru_cell, p), h0, us)
     return hs @ p["V"].T + p["c"]

@@ -17,6 +17,10 @@ selects with an h-independent predicate keep a ``Lin`` only when every case has 
 ``src`` and coefficient. If the new state is ``Lin(arange(D), "one")`` then J = I for every
 h and x (identity); with another token J = a·I (scalar). Anything unproven is TOP and the
 structure falls back to the sparsity pattern, so the proof is sound by construction.
+
+A ``Lin`` is a claim about *values*, so an equation that rounds an h-dependent value to a
+lower precision (``precision.rounds``) gives TOP, and so does a custom_jvp call on h (JAX
+differentiates its rule, which need not match the primal).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from .base import Pass
 from .constfold import fold
 from .indexing import dynamic_slice_starts, gather_positions, scatter_positions
 from .interpret import CONTROL_FLOW, Domain, control_flow, propagate, propagate_known
+from .precision import Rounding, rounding_for
 from .sparsity import ELEMENTWISE
 
 __all__ = ["Const", "Lin", "TOP", "CoefficientDomain", "CoefficientPass", "coefficient_kind"]
@@ -98,6 +103,11 @@ class CoefficientDomain(Domain):
     name = "coefficients"
     const_fast_path = False
 
+    def __init__(self, rounding: Rounding | None = None) -> None:
+        super().__init__()
+        #: which equations count as rounding (``precision.rounding_for``).
+        self.rounds = rounding or Rounding()
+
     def const(self, aval):
         return Const(_new_tok() if _size(aval) == 1 else None)
 
@@ -139,6 +149,8 @@ class CoefficientDomain(Domain):
         if name in CONTROL_FLOW:
             self.known_in = known
             return control_flow(self, eqn, ins)
+        if _compat.is_custom_jvp(eqn) or self.rounds(eqn):
+            return [TOP for _ in eqn.outvars]
         sub = _compat.call_subjaxpr(eqn)
         if sub is not None and len(sub.jaxpr.invars) == len(ins):
             outs, self.known_out = propagate_known(sub, ins, self, known=known)
@@ -385,7 +397,7 @@ def coefficient_kind(rec: Any) -> str | None:
     if D == 0:
         return None
     jp = rec.step_jaxpr
-    dom = CoefficientDomain()
+    dom = CoefficientDomain(rounding_for(rec))
     ins = [dom.const(v.aval) for v in jp.jaxpr.invars]
     ins[rec.state_invar] = Lin(np.arange(D), "one")
     out = propagate(jp, ins, dom)[0]

@@ -73,7 +73,23 @@ def _select_n(eqn, vals):
 
 
 def _convert(eqn, vals):
-    return [np.asarray(vals[0]).astype(np.dtype(eqn.params["new_dtype"]))]
+    """Exact conversions only: numpy and XLA agree on integer → integer (wraparound) and on
+    widening float casts; a narrowing float cast (double rounding, flush-to-zero) or a float →
+    integer cast of a non-finite / out-of-range value (implementation-defined) is not folded."""
+    from .precision import narrower
+
+    x = np.asarray(vals[0])
+    src, dst = eqn.invars[0].aval.dtype, np.dtype(eqn.params["new_dtype"])
+    if narrower(src, dst):
+        return None
+    if x.dtype.kind in "fc" and dst.kind in "iub":
+        if x.dtype.kind == "c" or not np.all(np.isfinite(x)):
+            return None
+        if dst.kind in "iu":
+            info = np.iinfo(dst)
+            if x.size and (x.min() < info.min or x.max() > info.max):
+                return None
+    return [x.astype(dst)]
 
 
 def _broadcast_in_dim(eqn, vals):

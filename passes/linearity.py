@@ -14,7 +14,14 @@ The lattice (⊑), with its join written ⊔:
   a where / cond / gather whose selector depends on h, a product of an affine and a
   piecewise-constant value; Newton converges in finitely many steps;
 * nonlinear — anything else (and ``stop_gradient`` of an h-dependent value, whose JVP is
-  not its derivative, so the linear solver must not trust it).
+  not its derivative, so the linear solver must not trust it). Rounding an h-dependent value
+  to a lower precision (``astype(bfloat16)``, ``reduce_precision``, a narrow
+  ``preferred_element_type``; see ``precision``) is nonlinear too: rounding is not affine,
+  although its JVP is the identity.
+* custom_jvp calls: JAX differentiates them with their JVP rule, not with the primal, and
+  an affine primal with an arbitrary rule is not something the linear solver may trust, so
+  an h-dependent call is nonlinear — except that a piecewise-linear primal whose rule's
+  Jacobian is piecewise-constant in h (``jax.nn.relu``) stays piecewise-linear.
 
 Nested jaxprs recurse, ``cond`` joins its branches (⊔ piecewise-constant when the index
 depends on h), ``scan`` / ``while`` iterate to a fixpoint. The analysis is syntactic,
@@ -27,9 +34,11 @@ from typing import Any
 
 import numpy as np
 
+from autopar import _compat
 from autopar.dtypes import is_inexact
 from .base import Pass
 from .interpret import Domain, propagate
+from .precision import Rounding, rounding_for
 
 __all__ = ["CONSTANT", "STEP", "AFFINE", "PIECEWISE", "NONLINEAR", "DEGREE_NAMES", "DegreeDomain", "LinearityPass",
            "join", "degree"]
@@ -105,11 +114,15 @@ SMOOTH = frozenset(
 class DegreeDomain(Domain):
     name = "degree"
 
-    def __init__(self) -> None:
+    def __init__(self, rounding: Rounding | None = None) -> None:
         super().__init__()
         from .rules import user_rules
 
         self.rules = user_rules("degree", self)
+        #: which equations count as rounding (``precision.rounding_for``).
+        self.rounds = rounding or Rounding()
+        #: primitives that round an h-dependent value (their AD rules round tangents too)
+        self.rounded: list[str] = []
 
     def const(self, aval):
         return CONSTANT
@@ -131,6 +144,11 @@ class DegreeDomain(Domain):
 
     def apply(self, eqn, ins):
         outs = self._apply(eqn, ins)
+        if self.rounds(eqn):
+            # Rounding an affine / piecewise-linear value is neither (a step function stays one).
+            outs = [NONLINEAR if o in (AFFINE, PIECEWISE) else o for o in outs]
+            if any(d != CONSTANT for d in ins) and eqn.primitive.name not in self.rounded:
+                self.rounded.append(eqn.primitive.name)
         # Integer / bool values are step functions of h.
         return [min(o, STEP) if not _inexact(v.aval) and o != CONSTANT else o for o, v in zip(outs, eqn.outvars)]
 
@@ -139,6 +157,8 @@ class DegreeDomain(Domain):
         n = len(eqn.outvars)
         if all(d == CONSTANT for d in ins) or name in self.rules:
             return super().apply(eqn, ins)
+        if _compat.is_custom_jvp(eqn):
+            return self._custom_jvp(eqn, ins)
         if name in INDEX_OPERANDS:
             sl = INDEX_OPERANDS[name]
             idx = ins[sl]
@@ -183,30 +203,52 @@ class DegreeDomain(Domain):
             return [_smooth(join(*ins))] * n
         return super().apply(eqn, ins)
 
+    def _custom_jvp(self, eqn, ins):
+        """An h-dependent custom_jvp call: nonlinear unless its primal is piecewise-linear and its
+        rule's Jacobian is piecewise-constant in h (see the module doc)."""
+        known = list(self.known_in)
+        sub = _compat.call_subjaxpr(eqn)
+        primal = propagate(sub, ins, self, known=known) if sub is not None else [NONLINEAR] * len(eqn.outvars)
+        rule = _compat.custom_jvp_rule(eqn)
+        dj = NONLINEAR
+        if rule is not None:
+            jvp, out_zeros, nc = rule
+            n = len(ins) - nc
+            # Tangents held constant: the tangent outputs' degree is that of J's entries in h.
+            res = propagate(jvp, list(ins[nc:]) + [CONSTANT] * n, self, known=known[nc:] + [None] * n)
+            dj = join(*res[len(eqn.outvars):])
+            if any(d != CONSTANT for d in ins[:nc]):
+                dj = NONLINEAR  # h-dependent closed-over constants: their derivative is not the rule's
+        return [PIECEWISE if (dp == PIECEWISE and dj <= STEP) else NONLINEAR for dp in primal]
+
 
 def _inexact(aval) -> bool:
     dt = getattr(aval, "dtype", None)
     return is_inexact(dt)
 
 
-def degree(rec: Any) -> tuple[int, set[str]]:
+def degree(rec: Any, domain: "DegreeDomain | None" = None) -> tuple[int, set[str]]:
     """Degree (an int of this module's lattice) of ``v_new`` in ``v``, and primitives without a rule."""
     jp = rec.step_jaxpr
     ins = [CONSTANT] * len(jp.jaxpr.invars)
     ins[rec.state_invar] = AFFINE
-    dom = DegreeDomain()
+    dom = domain or DegreeDomain(rounding_for(rec))
     outs = propagate(jp, ins, dom)
     return int(outs[0]), set(dom.unknown)
 
 
 class LinearityPass(Pass):
     """Provides ``degree`` ("constant" | "affine" | "piecewise-linear" | "nonlinear"), ``linear``
-    (affine in h: the linear solver is exact) and ``degree_detail`` (the lattice element,
-    which also distinguishes "piecewise-constant")."""
+    (affine in h: the linear solver is exact), ``degree_detail`` (the lattice element,
+    which also distinguishes "piecewise-constant") and ``rounding`` (the primitives that round
+    an h-dependent value: JAX's AD rules round the tangents too, so no compact J reproduces
+    them and the adjoint runs per step)."""
 
     name = "linearity"
-    provides = ("degree", "linear", "degree_detail")
+    provides = ("degree", "linear", "degree_detail", "rounding")
 
     def run(self, rec, facts):
-        d, _ = degree(rec)
-        return {"degree": PUBLIC_NAME[d], "linear": d in (CONSTANT, AFFINE), "degree_detail": DEGREE_NAMES[d]}
+        dom = DegreeDomain(rounding_for(rec))
+        d, _ = degree(rec, dom)
+        return {"degree": PUBLIC_NAME[d], "linear": d in (CONSTANT, AFFINE), "degree_detail": DEGREE_NAMES[d],
+                "rounding": list(dom.rounded)}

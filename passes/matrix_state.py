@@ -101,6 +101,8 @@ class Ctx:
     q: int
     B: tuple
     dtype: Any
+    #: the state leaf's own dtype (strict mode): casting the tangent below it rounds (not linear)
+    leaf_dtype: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +193,7 @@ def _d_to_U(ctx: Ctx, sym: Sym) -> Sym:
     if o != [apos]:
         _fail("diagonal part with extra axes")
     d_c = jnp.transpose(d, b + o)  # (B..., q)
-    Vn = d_c[..., :, None] * jnp.eye(q, dtype=d_c.dtype)  # (B..., q(ℓ), q(i))
+    Vn = d_c[..., :, None] * jnp.broadcast_to(jnp.eye(q, dtype=d_c.dtype), d_c.shape + (q,))  # (B..., q(ℓ), q(i))
     eye_shape = [1] * len(sj) + [q]
     eye_shape[apos] = q
     Un = jnp.broadcast_to(jnp.eye(q, dtype=d_c.dtype).reshape(eye_shape), sj + (q,))
@@ -529,6 +531,7 @@ def _apply(ctx: Ctx, eqn, ins) -> list[Any]:
         if name in ("reshape", "squeeze", "expand_dims"):
             return [_reshape(ctx, x, out_shape)]
         if name in ("convert_element_type", "copy", "copy_p"):
+            _check_rounding(ctx, eqn)
             return [Flat(_convert(x.sym, eqn.outvars[0].aval.dtype), x.size)]
         _fail(f"primitive {name!r} on the flat state vector")
     if name == "mul":
@@ -545,6 +548,7 @@ def _apply(ctx: Ctx, eqn, ins) -> list[Any]:
     if name == "neg":
         return [_neg(x, ctx.dtype)]
     if name in ("convert_element_type", "copy", "copy_p"):
+        _check_rounding(ctx, eqn)
         return [_convert(x, eqn.outvars[0].aval.dtype)]
     if name == "transpose":
         return [_transpose(x, eqn.params["permutation"])]
@@ -557,8 +561,21 @@ def _apply(ctx: Ctx, eqn, ins) -> list[Any]:
     if name == "reduce_sum":
         return [_reduce_sum(ctx, x, eqn.params["axes"])]
     if name == "dot_general":
+        _check_rounding(ctx, eqn)
         return [_dot_general(ctx, eqn, ins)]
     _fail(f"primitive {name!r} applied to the state")
+
+
+def _check_rounding(ctx: Ctx, eqn) -> None:
+    """A cast of the tangent below the state leaf's own precision rounds it: the tangent map is
+    then not linear (see ``passes.precision``); casts back to the leaf's dtype are the layout's."""
+    from .precision import narrower, rounds
+
+    if not ctx.strict or not rounds(eqn):
+        return
+    dst = eqn.outvars[0].aval.dtype
+    if ctx.leaf_dtype is None or narrower(ctx.leaf_dtype, dst):
+        _fail(f"{eqn.primitive.name} rounds the state to {np.dtype(dst).name} (below the state's precision)")
 
 
 # ---- entry points ----------------------------------------------------------------------
@@ -639,14 +656,15 @@ def analyse_matrix_state(rec, side: str):
     const_avals = [jax.ShapeDtypeStruct(np.shape(c), jnp.asarray(c).dtype) for c in rec.consts]
 
     def step(consts, v, rest):
-        return _compat.eval_jaxpr(jp.jaxpr, list(consts), v, *rest)[0]
+        # custom_vjp calls differentiate as their primal here (jax.jvp cannot enter them).
+        return _compat.eval_jaxpr_inlined(jp.jaxpr, list(consts), v, *rest)[0]
 
     def tangent_map(consts, v, rest, t):
         return jax.jvp(lambda v_: step(consts, v_, rest), (v,), (t,))[1]
 
     closed = jax.make_jaxpr(tangent_map)(const_avals, v_aval, in_avals[1:], v_aval)
     n_c = len(const_avals)
-    ctx = Ctx(strict=True, q=q, B=B, dtype=dtype)
+    ctx = Ctx(strict=True, q=q, B=B, dtype=dtype, leaf_dtype=leaf.dtype)
 
     def strict(*flat_args):
         args = [Cst(a, frozenset(i for i, s in enumerate(np.shape(a)) if s == 1)) for a in flat_args]

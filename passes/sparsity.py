@@ -15,7 +15,17 @@ Precision where it matters:
   dot_general are exact when their index, mask or matrix operand is a *known*
   constant (folded from literals, iota and integer constants: see ``constfold``), and
   conservative (dense over the operand) otherwise;
-* nested jaxprs recurse; cond joins its branches; scan / while iterate to a fixpoint.
+* nested jaxprs recurse; cond joins its branches; scan / while iterate to a fixpoint;
+* a ``custom_jvp_call`` is differentiated by JAX with its JVP rule, not its primal (a
+  straight-through ``round`` has a zero primal derivative and an identity rule): its
+  pattern is the union of the primal's and of the rule's tangent dependencies, and dense
+  over its operands when the rule cannot be obtained. ``custom_vjp_call`` follows its
+  primal (what the forward problem and jax.jvp of the primal see); the h-dependent ones
+  are listed in the ``custom_vjp`` fact, since their VJP is *not* the primal's.
+
+Every rule's result is brought to the full shape ``aval.shape + (W,)`` (``_normalise``):
+rules may return a value that only broadcasts to it (a scalar's dependencies times a
+vector), and later rules index axes of the full shape.
 
 Primitives without a rule are treated as dense on their operands and reported.
 """
@@ -26,6 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from autopar import _compat
 from autopar.dtypes import is_inexact
 from . import bits
 from .base import Pass
@@ -59,6 +70,9 @@ class SparsityDomain(Domain):
         from .rules import user_rules
 
         self.rules.update(user_rules("sparsity", self))
+        #: names of h-dependent custom_vjp / custom_jvp calls met (in order, without repeats).
+        self.custom_vjp: dict[str, None] = {}
+        self.custom_jvp: dict[str, None] = {}
 
     # ---- lattice -----------------------------------------------------------------
     def const(self, aval: Any) -> Any:
@@ -105,9 +119,22 @@ class SparsityDomain(Domain):
         return bits.broadcast(value, shape)
 
     def apply(self, eqn, ins):
+        if _compat.is_custom_vjp(eqn) and any(v is not None for v in ins):
+            self.custom_vjp[_compat.call_name(eqn)] = None
         outs = super().apply(eqn, ins)
         # Integer / bool values carry no derivative.
-        return [None if (o is not None and not _inexact(v.aval)) else o for o, v in zip(outs, eqn.outvars)]
+        return [None if (o is None or not _inexact(v.aval)) else self._normalise(o, v.aval)
+                for o, v in zip(outs, eqn.outvars)]
+
+    def _normalise(self, value, aval):
+        want = tuple(getattr(aval, "shape", ())) + (self.W,)
+        value = np.asarray(value)
+        if value.shape == want:
+            return value
+        if value.ndim == 0 or value.shape[-1] != self.W:
+            raise ValueError(f"sparsity rule returned a value of shape {value.shape} for an output of shape "
+                             f"{want[:-1]} (expected {want})")
+        return np.broadcast_to(value, want)
 
 
 def _inexact(aval) -> bool:
@@ -149,8 +176,6 @@ def _elementwise(dom: SparsityDomain, eqn, ins):
                 out = np.where(nz, bits.broadcast(out, shape), np.uint64(0))
         return [out]
     out = bits.union(*ins)
-    if out is not None and out.shape[:-1] != shape:
-        out = bits.broadcast(out, shape)
     return [out for _ in eqn.outvars]
 
 
@@ -374,6 +399,31 @@ def _zero_deriv(dom, eqn, ins):
     return [None for _ in eqn.outvars]
 
 
+def _custom_jvp(dom, eqn, ins):
+    """Union of the primal's dependencies and of the JVP rule's tangent dependencies."""
+    known = list(dom.known_in)
+    sub = _compat.call_subjaxpr(eqn)
+    dom.custom_jvp[_compat.call_name(eqn)] = None
+    rule = _compat.custom_jvp_rule(eqn)
+    if sub is None or rule is None:
+        dom.unknown.add(eqn.primitive.name)
+        return dom.default(eqn, ins)
+    primal = propagate(sub, ins, dom, known=known)
+    jvp, out_zeros, nc = rule
+    if any(v is not None for v in ins[:nc]):
+        return dom.default(eqn, ins)  # h-dependent closed-over constants: no rule for their tangents
+    n = len(ins) - nc
+    # Primals as h-independent, tangents carrying the operands' dependencies: the tangent
+    # outputs depend on exactly the state elements J's rows of the call may read.
+    res = propagate(jvp, [None] * n + list(ins[nc:]), dom, known=known[nc:] + [None] * n)
+    tangents = iter(res[len(eqn.outvars):])
+    outs = []
+    for p, z in zip(primal, out_zeros):
+        t = None if z else next(tangents)
+        outs.append(bits.union(p, t))
+    return outs
+
+
 RULES = {name: _elementwise for name in ELEMENTWISE}
 RULES.update(
     broadcast_in_dim=_broadcast_in_dim,
@@ -407,6 +457,7 @@ RULES.update(
     split=_split,
     sort=_sort,
     top_k=_top_k,
+    custom_jvp_call=_custom_jvp,
 )
 for _n in ("scatter-add", "scatter_add", "scatter-mul", "scatter_mul", "scatter-min", "scatter_min", "scatter-max",
            "scatter_max", "scatter-sub", "scatter_sub"):
@@ -416,12 +467,17 @@ for _n in ("scatter-add", "scatter_add", "scatter-mul", "scatter_mul", "scatter-
 def dependency(rec: Any) -> tuple[list[Any], set[str], list[int]]:
     """Per-output packed dependency values of ``rec.step_jaxpr`` on the flat state vector,
     the primitives handled conservatively, and the constants whose values were folded."""
+    outs, dom = _run(rec)
+    return outs, set(dom.unknown), sorted(set(dom.folded_consts))
+
+
+def _run(rec: Any):
     dom = SparsityDomain(rec.size)
     jp = rec.step_jaxpr
     ins: list[Any] = [None] * len(jp.jaxpr.invars)
     ins[rec.state_invar] = bits.eye(rec.size) if rec.size else None
     outs = propagate(jp, ins, dom)
-    return outs, set(dom.unknown), sorted(set(dom.folded_consts))
+    return outs, dom
 
 
 def const_fingerprint(rec: Any, indices: Sequence[int]) -> tuple:
@@ -442,14 +498,20 @@ def const_fingerprint(rec: Any, indices: Sequence[int]) -> tuple:
 
 class SparsityPass(Pass):
     """Provides ``sparsity`` (D × D bool: J[i, j] may be nonzero), ``conservative`` (primitives
-    without a rule), ``discrete_reads_float`` and ``const_fingerprint`` (the constants whose
-    values the analysis relied on; see ``facts_valid_for``)."""
+    without a rule), ``discrete_reads_float``, ``const_fingerprint`` (the constants whose
+    values the analysis relied on; see ``facts_valid_for``), ``custom_vjp`` (names of the
+    custom_vjp calls whose operands depend on h, in order; empty when none — their VJP is a
+    user rule, not the transpose of the JVP of the primal, so an adjoint built from J must
+    not be trusted and ``jax.jvp`` / ``jax.linearize`` of the cell fail: see
+    ``autopar._compat.inline_custom_vjp``) and ``custom_jvp`` (the same for custom_jvp calls,
+    whose rule the sparsity covers)."""
 
     name = "sparsity"
-    provides = ("sparsity", "conservative", "discrete_reads_float", "const_fingerprint")
+    provides = ("sparsity", "conservative", "discrete_reads_float", "const_fingerprint", "custom_vjp", "custom_jvp")
 
     def run(self, rec, facts):
-        outs, unknown, folded = dependency(rec)
+        outs, dom = _run(rec)
+        unknown, folded = set(dom.unknown), sorted(set(dom.folded_consts))
         D = rec.size
         S = bits.to_bool(outs[0], (D,), D) if D else np.zeros((0, 0), bool)
         return {
@@ -457,4 +519,45 @@ class SparsityPass(Pass):
             "conservative": sorted(unknown),
             "discrete_reads_float": bool(rec.discrete_depends_on_float),
             "const_fingerprint": const_fingerprint(rec, folded),
+            "custom_vjp": list(dom.custom_vjp),
+            "custom_jvp": list(dom.custom_jvp),
         }
+
+
+def custom_jvp_elementwise(eqn: Any, depends: Sequence[bool]) -> bool:
+    """Whether the JVP rule of a custom_jvp call is elementwise in each operand flagged in
+    ``depends``: every output element's tangent reads at most the same element of that operand's
+    tangent (the operand has the output's shape, or is a scalar). False when the rule is not
+    available. Used by the quasi solvers' diagonal interpreter."""
+    rule = _compat.custom_jvp_rule(eqn)
+    if rule is None or len(eqn.outvars) != 1:
+        return False
+    jvp, out_zeros, nc = rule
+    if any(depends[:nc]):
+        return False
+    if out_zeros[0]:
+        return True
+    out_shape = tuple(eqn.outvars[0].aval.shape)
+    n = len(eqn.invars) - nc
+    for j in range(nc, len(eqn.invars)):
+        if not depends[j]:
+            continue
+        shape = tuple(eqn.invars[j].aval.shape)
+        if shape == ():
+            continue
+        if shape != out_shape:
+            return False
+        m = int(np.prod(shape, dtype=np.int64))
+        if m > 4096:
+            return False  # the check itself would cost O(m²) bits
+        dom = SparsityDomain(m)
+        ins: list[Any] = [None] * (2 * n)
+        ins[n + j - nc] = bits.eye(m).reshape(shape + (dom.W,))
+        res = propagate(jvp, ins, dom)
+        t = res[len(eqn.outvars)]
+        if t is None:
+            continue
+        B = bits.to_bool(t, out_shape, m).reshape(m, m)
+        if (B & ~np.eye(m, dtype=bool)).any():
+            return False
+    return True

@@ -11,7 +11,10 @@ for it. When every output is a polynomial in h (only +, −, ×, integer powers,
 h-independent values, and functions of h-independent arguments — so no domain restrictions
 such as log h or 1/h hide behind a simplification) and every ∂out/∂h_j expands to an
 h-independent expression, the cell is affine for every h: ``degree`` is upgraded and a note
-says so.
+says so. A rounding equation (``precision.rounds``: a cast to a narrower float, a
+``reduce_precision``) has no exact symbolic form and is not rendered. Custom_jvp calls are
+rendered as their primal (the formula shows values), but are not in the polynomial
+whitelist, so they never upgrade ``degree`` (JAX differentiates their rule).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 
 from autopar.dtypes import is_inexact
 from .base import Pass
+from .precision import Rounding, rounding_for
 
 __all__ = ["SymbolicPass", "symbolic_outputs", "MAX_D", "MAX_EQNS"]
 
@@ -104,7 +108,7 @@ def _arr(x, shape=()):
     return a
 
 
-def _eval(jaxpr, consts_syms, args, sp, sigma):
+def _eval(jaxpr, consts_syms, args, sp, sigma, rounding=None):
     from autopar import _compat
 
     jp = jaxpr.jaxpr
@@ -122,7 +126,7 @@ def _eval(jaxpr, consts_syms, args, sp, sigma):
         env[v] = a
     for eqn in jp.eqns:
         ins = [read(a) for a in eqn.invars]
-        outs = _rule(eqn, ins, sp, sigma)
+        outs = _rule(eqn, ins, sp, sigma, rounding)
         for var, val in zip(eqn.outvars, outs):
             env[var] = val
     return [read(v) for v in jp.outvars]
@@ -151,15 +155,17 @@ def _binary(fn):
     return lambda ins: np.vectorize(fn, otypes=[object])(ins[0], ins[1])
 
 
-def _rule(eqn, ins, sp, sigma):
+def _rule(eqn, ins, sp, sigma, rounding=None):
     from autopar import _compat
 
     name = eqn.primitive.name
     p = eqn.params
     shape = tuple(eqn.outvars[0].aval.shape) if eqn.outvars else ()
+    if (rounding or Rounding())(eqn):
+        raise _Unsupported(f"{name} lowers the precision (rounding has no exact formula)")
     sub = _compat.call_subjaxpr(eqn)
     if sub is not None and name not in ("scan", "while", "cond"):
-        return _eval(sub, [_num(np.asarray(c), sp) for c in sub.consts], ins, sp, sigma)
+        return _eval(sub, [_num(np.asarray(c), sp) for c in sub.consts], ins, sp, sigma, rounding)
     table = {
         "add": _binary(lambda a, b: a + b), "sub": _binary(lambda a, b: a - b), "mul": _binary(lambda a, b: a * b),
         "div": _binary(lambda a, b: a / b), "neg": _unary(lambda a: -a), "exp": _unary(sp.exp), "log": _unary(sp.log),
@@ -245,7 +251,7 @@ def symbolic_outputs(rec: Any):
                 return None
         consts.append(np.array([sp.Symbol(f"w{k}_{i}", real=True) for i in range(n)], dtype=object).reshape(shp))
     try:
-        out = _eval(rec.step_jaxpr, consts, args, sp, sigma)[0]
+        out = _eval(rec.step_jaxpr, consts, args, sp, sigma, rounding_for(rec))[0]
     except (_Unsupported, TypeError, ValueError):
         return None
     return list(np.asarray(out).reshape(-1)), hs

@@ -1,17 +1,18 @@
-"""Write docs/api.md from the docstrings of autopar's public API.
+"""Write docs/api.md: the public API, in reading order, as mkdocstrings directives.
 
     python scripts/gen_api.py            # rewrite docs/api.md
-    python scripts/gen_api.py --check    # exit 1 if docs/api.md is stale (run by tests/test_docs.py)
+    python scripts/gen_api.py --check    # exit 1 if docs/api.md is stale or names a missing object
 
-A plain script on purpose: it needs nothing beyond autopar itself, so the API page
-builds offline and CI can check it is up to date without any documentation plugin.
+The page itself is rendered from the docstrings by mkdocstrings (its python handler, in
+the ``docs`` extra) when the site builds; this script only keeps the list of what is
+documented in one place and checks that every listed name imports, so a rename cannot
+leave a dead entry on the page (tests/test_docs.py runs ``--check``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import sys
 from pathlib import Path
 
@@ -27,6 +28,8 @@ SECTIONS = [
      ["BackendConstants", "constants_for", "set_constants", "clear_constants", "cache_dir", "cache_path",
       "device_key", "default_memory_budget", "step_flops", "step_ops"]),
     ("", "autopar.calibrate", ["calibrate"]),
+    ("Process-wide settings (planner backend, default solver and backward)", "autopar.config",
+     ["override", "set", "reset", "planner_backend", "solver", "backward", "resolve_backend", "snapshot"]),
     ("The structure lattice", "autopar.structure",
      ["Structure", "Zero", "Identity", "Scalar", "Diagonal", "BlockDiagonal", "Dense", "from_sparsity"]),
     ("Solvers", "autopar.solvers", ["Solver", "Problem", "Stats", "register_solver", "get_solver", "solver_names"]),
@@ -34,56 +37,30 @@ SECTIONS = [
     ("Errors", "autopar", ["AutoparError"]),
 ]
 
+HEADER = """# API reference
 
-def _signature(obj) -> str:
-    try:
-        sig = str(inspect.signature(obj))
-    except (TypeError, ValueError):
-        return ""
-    return sig
-
-
-def _doc(obj) -> str:
-    return inspect.cleandoc(inspect.getdoc(obj) or "(no docstring)")
-
-
-def _indent_code(doc: str) -> str:
-    """Docstrings are reST-ish: show them verbatim in a text block so nothing is misrendered."""
-    return "```text\n" + doc + "\n```"
+The docstrings of autopar's public API, rendered by mkdocstrings. The list of entries is
+written by `scripts/gen_api.py` — edit `SECTIONS` there, not this page
+(`tests/test_docs.py` fails when this page is stale).
+"""
 
 
 def render() -> str:
-    out = ["# API reference", "",
-           "Generated from the docstrings by `scripts/gen_api.py` — do not edit by hand "
-           "(`tests/test_docs.py` fails when this page is stale).", ""]
+    out = [HEADER]
     for title, modname, names in SECTIONS:
-        mod = importlib.import_module(modname)
         if title:
             out += [f"## {title}", ""]
         for name in names:
-            obj = getattr(mod, name)
-            qual = f"{modname}.{name}"
-            if inspect.isclass(obj):
-                out += [f"### `{qual}`", "", f"`class {name}{_signature(obj)}`", "", _indent_code(_doc(obj)), ""]
-                members = []
-                for mname, member in sorted(vars(obj).items()):
-                    if mname.startswith("_") and mname != "__call__":
-                        continue
-                    if isinstance(member, property):
-                        members.append((mname, "", member.fget.__doc__))
-                    elif inspect.isfunction(member) and member.__doc__:
-                        members.append((mname, _signature(member), member.__doc__))
-                    elif isinstance(member, (classmethod, staticmethod)) and member.__func__.__doc__:
-                        members.append((mname, _signature(member.__func__), member.__func__.__doc__))
-                for mname, sig, mdoc in members:
-                    if not mdoc:
-                        continue
-                    out += [f"- **`{mname}{sig}`** — " + inspect.cleandoc(mdoc).replace("\n", " ")]
-                if members:
-                    out.append("")
-            else:
-                out += [f"### `{qual}`", "", f"`{name}{_signature(obj)}`", "", _indent_code(_doc(obj)), ""]
+            out += [f"::: {modname}.{name}", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def missing() -> list[str]:
+    bad = []
+    for _, modname, names in SECTIONS:
+        mod = importlib.import_module(modname)
+        bad += [f"{modname}.{n}" for n in names if not hasattr(mod, n)]
+    return bad
 
 
 def main(argv=None) -> int:
@@ -91,6 +68,10 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "docs" / "api.md"))
     args = ap.parse_args(argv)
+    bad = missing()
+    if bad:
+        print(f"listed in scripts/gen_api.py but not importable: {bad}", file=sys.stderr)
+        return 1
     text = render()
     path = Path(args.out)
     if args.check:

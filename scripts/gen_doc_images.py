@@ -30,28 +30,36 @@ def examples():
         c, s = jnp.cos(th), jnp.sin(th)
         return jnp.tanh(c * a - s * b + x), jnp.tanh(s * a + c * b - x)
 
-    out = [("zero: h ← sin(x)", lambda h, x: jnp.sin(x), jnp.zeros(8, f32), jnp.ones((4, 8), f32)),
-           ("diagonal: diagonal GRU", *CELLS["diag-gru"](8)[:2], jnp.ones((4, 8), f32)),
-           ("block-diagonal: rotations", rotation, (jnp.zeros(4, f32), jnp.zeros(4, f32)), jnp.ones((4, 4), f32))]
+    out = [("h ← sin(x)", lambda h, x: jnp.sin(x), jnp.zeros(8, f32), jnp.ones((4, 8), f32)),
+           ("GRU, diagonal weights", *CELLS["diag-gru"](8)[:2], jnp.ones((4, 8), f32)),
+           ("rotations", rotation, (jnp.zeros(4, f32), jnp.zeros(4, f32)), jnp.ones((4, 4), f32))]
     cell, S0, xf, _ = CELLS["deltanet"](9)
-    out.append(("block-diagonal: DeltaNet (3×3 state)", cell, S0, xf(4)))
+    out.append(("DeltaNet, 3×3 state", cell, S0, xf(4)))
     cell, h0, xf, _ = CELLS["lstm"](4)
-    out.append(("LSTM (c, h): dense", cell, h0, xf(4)))
+    out.append(("LSTM, state (c, h)", cell, h0, xf(4)))
     cell, h0, xf, _ = CELLS["dense-gru"](8)
-    out.append(("dense: GRU", cell, h0, xf(4)))
+    out.append(("GRU", cell, h0, xf(4)))
     return out
 
 
 def main():
     ex = examples()
-    fig, axes = plt.subplots(1, len(ex), figsize=(3 * len(ex), 3.3))
+    # two rows of three, so the titles stay legible when the page scales the figure to its width
+    cols = 3
+    rows = -(-len(ex) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows))
+    axes = axes.ravel()
+    for ax in axes[len(ex):]:
+        ax.axis("off")
     for ax, (title, cell, h0, xs) in zip(axes, ex):
         rep = autopar.parallelize(cell).explain(h0, xs)
         rep.plot(ax=ax)
-        ax.set_title(f"{title}\n→ {rep.structure.describe()}", fontsize=8)
+        ax.set_xlabel("")
+        ax.set_ylabel("")
+        ax.set_title(f"{title}\n→ {rep.structure.kind}", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
+    fig.tight_layout(h_pad=2.0)
     out = ROOT / "docs" / "img" / "structures.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)

@@ -251,7 +251,7 @@ def test_integer_counters_exact(update, affine):
         return 0.5 * h + n.astype(h.dtype)[0], update(n, x).astype(n.dtype)
 
     s0 = (jnp.zeros(2, jnp.float32), jnp.array([1, 2**30], jnp.int32))
-    xs = jnp.arange(1, 40, dtype=jnp.int32)[:, None] * jnp.array([1, 7], jnp.int32)
+    xs = jnp.arange(1, 40, dtype=jnp.int32)[:, None] * jnp.array([[1, 7]], jnp.int32)
     fn = autopar.parallelize(cell, solver="linear")
     rep = fn.explain(s0, xs)
     assert rep.facts["discrete_affine"] is affine

@@ -114,3 +114,45 @@ def test_errors_before_compute(monkeypatch):
     with pytest.raises(ValueError):
         fn(jnp.zeros(2), {"a": jnp.zeros((3,)), "b": jnp.zeros((4,))})
     assert not called
+
+
+def test_output_shape_mismatch_says_shape_not_dtype():
+    fn = autopar.parallelize(lambda h, x: h[:3] + x[:3])
+    with pytest.raises(TypeError, match=r"`h0` is float32\[3\].*is float32\[4\].*shape changed from \(4,\) to \(3,\)") as e:
+        fn(jnp.zeros(4, jnp.float32), jnp.zeros((5, 4), jnp.float32))
+    assert "astype" not in str(e.value)
+
+
+def test_output_dtype_mismatch_says_cast():
+    fn = autopar.parallelize(lambda h, x: (h + x).astype(jnp.float16))
+    with pytest.raises(TypeError, match=r"dtype changed from float32 to float16.*\.astype\(h\.dtype\)"):
+        fn(jnp.zeros(4, jnp.float32), jnp.zeros((5, 4), jnp.float32))
+
+
+@pytest.mark.parametrize("cell", [lambda h: h, lambda h, x, y: h], ids=["one-arg", "three-args"])
+def test_wrong_arity_says_how_autopar_calls_the_cell(cell, monkeypatch):
+    from autopar import api
+
+    monkeypatch.setattr(api, "analyse", lambda *a: pytest.fail("analysed a cell of the wrong arity"))
+    fn = autopar.parallelize(cell)
+    with pytest.raises(TypeError, match=r"calls the cell as `.*\(h, x\)`.*x is one time step of xs"):
+        fn(jnp.zeros(2), jnp.zeros((3, 2)))
+
+
+def test_wrong_arity_with_no_xs_says_x_is_none():
+    fn = autopar.parallelize(lambda h: h + 1.0)
+    with pytest.raises(TypeError, match=r"x is None \(xs=None\)"):
+        fn(jnp.zeros(2), None, length=3)
+    # and the fix works: a two-argument cell that ignores x
+    out = autopar.parallelize(lambda h, x: h + 1.0)(jnp.zeros(2), None, length=3)
+    assert out.shape == (3, 2) and float(out[-1, 0]) == 3.0
+
+
+def test_method_with_wrong_arity():
+    class M:
+        @autopar.parallelize
+        def step(self, h):
+            return h
+
+    with pytest.raises(TypeError, match=r"calls the cell as `.*M.step\(h, x\)`.*def step\(self, h, x\)"):
+        M().step(jnp.zeros(2), jnp.zeros((3, 2)))

@@ -13,7 +13,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.passes_helpers import analyse_cell, assert_affine, assert_sound
+from tests.passes_helpers import (analyse_cell, assert_affine, assert_affine_combination, assert_sound,
+                                   assert_sparsity_covers)
 
 D = 6
 F64 = jnp.float64
@@ -26,9 +27,34 @@ def _softclip(v):
 
 _softclip.defjvp(lambda p, t: (_softclip(p[0]), 2.0 * (1 - jnp.tanh(p[0]) ** 2) * t[0]))
 
+
+@jax.custom_jvp
+def _ste(v):  # straight-through round: zero primal derivative, identity rule
+    return jnp.round(v)
+
+
+_ste.defjvp(lambda p, t: (_ste(p[0]), t[0]))
+
+
+@jax.custom_jvp
+def _mixtanh(v):  # a rule that mixes elements the primal does not
+    return jnp.tanh(v)
+
+
+_mixtanh.defjvp(lambda p, t: (jnp.tanh(p[0]), (1 - jnp.tanh(p[0]) ** 2) * t[0] + 0.3 * jnp.roll(t[0], 1)))
+
+
+@jax.custom_vjp
+def _clipg(v):  # gradient clipping: identity primal
+    return v
+
+
+_clipg.defvjp(lambda v: (v, None), lambda r, g: (jnp.clip(g, -1.0, 1.0),))
+
 OPS = [
     "tanh", "sin", "mulx", "addx", "matmul", "reshape_t", "roll", "slice_cat", "sum_bcast", "where_x", "relu",
     "jit", "custom_jvp", "gather", "scatter", "cumsum", "sort", "cond", "scan", "addh", "square", "checkpoint",
+    "ste", "mixtanh", "clipg", "bf16", "reduce_precision", "fori", "scalar_bcast",
 ]
 
 
@@ -82,6 +108,20 @@ def _apply(op, v, h, x, rng):
         return c
     if op == "checkpoint":
         return jax.checkpoint(lambda u: jnp.exp(-u * u))(v)
+    if op == "ste":
+        return _ste(v)
+    if op == "mixtanh":
+        return _mixtanh(v)
+    if op == "clipg":
+        return _clipg(v)
+    if op == "bf16":
+        return v.astype(jnp.bfloat16).astype(v.dtype)
+    if op == "reduce_precision":
+        return jax.lax.reduce_precision(v, exponent_bits=8, mantissa_bits=7)
+    if op == "fori":
+        return jax.lax.fori_loop(0, 2, lambda i, c: jnp.roll(c, 1) * 0.5 + x, v)
+    if op == "scalar_bcast":
+        return jnp.max(jnp.sum(v) * x) * jnp.ones(D) + v
     raise AssertionError(op)
 
 
@@ -101,9 +141,13 @@ def make_cell(ops, seed):
 def test_reported_sparsity_contains_numerical_jacobian(ops, seed):
     cell = make_cell(ops, seed)
     rec, facts = analyse_cell(cell, jnp.zeros(D, F64), jnp.ones((3, D), F64))
-    assert_sound(rec, facts, n_points=3, seed=seed)
+    assert_sparsity_covers(rec, facts, seed=seed)  # random, saturated, zero and 1e6 points
+    assert_sound(rec, facts, n_points=2, seed=seed)  # (custom_vjp calls differentiate as their primal)
     if facts.linear:
         assert_affine(rec, seed=seed)
+        assert_affine_combination(rec, seed=seed)
+    if {"ste", "mixtanh", "bf16", "reduce_precision"} & set(ops):
+        assert not facts.linear
 
 
 @settings(max_examples=10)

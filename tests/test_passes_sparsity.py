@@ -172,7 +172,7 @@ def test_scan_inside_cell_reaches_fixpoint():
         def body(c, xi):
             return jnp.roll(c, 1) * xi, c[0]
 
-        c, ys = jax.lax.scan(body, h, jnp.ones((3, 6)) * x)
+        c, ys = jax.lax.scan(body, h, jnp.ones((3, 6)) * x[None])
         return c + ys.sum()
 
     f = _run(cell)
@@ -218,12 +218,12 @@ def test_big_matrix_state_is_cheap():
     from autopar.trace import trace_cell
 
     rec = trace_cell(cell, h0, xs)
-    t = time.perf_counter()
+    t = time.process_time()  # CPU time: a loaded machine must not fail it
     facts = analyse(rec)
-    dt = time.perf_counter() - t
+    dt = time.process_time() - t
     assert facts.structure.kind == "diagonal"
     assert facts.colors["n"] == 1
-    assert dt < 5.0, dt
+    assert dt < 20.0, dt  # generous: it catches a blow-up (D = 4096), not a slow machine
 
 
 def test_block_rows_of_matrix_state():

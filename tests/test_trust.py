@@ -179,3 +179,66 @@ def test_a_forced_solver_that_falls_back_says_so():
         warnings.simplefilter("error", autopar.FallbackWarning)
         _, info = ok(jnp.zeros(2), xs, return_info=True)
     assert info.fallback is None and "fallback" not in repr(info)
+
+
+@jax.custom_vjp
+def _clip_gradient(x):
+    return x
+
+
+_clip_gradient.defvjp(lambda x: (x, None), lambda _, g: (jnp.clip(g, -0.1, 0.1),))
+
+
+@pytest.mark.parametrize("solver", ["auto", "sequential", *NEWTON])
+def test_custom_vjp_inside_the_cell(solver):
+    """Gradient clipping on the state: the forward solvers linearise the primal (JAX cannot push a
+    JVP into a custom_vjp); the adjoint applies the clipping per step, as lax.scan's gradient does."""
+    W = jnp.asarray(np.random.default_rng(1).normal(size=(4, 4))) * 0.5
+    cell = lambda h, x: jnp.tanh(W @ _clip_gradient(h) + x)  # noqa: E731
+    plain = lambda h, x: jnp.tanh(W @ h + x)  # noqa: E731
+    xs = jnp.asarray(np.random.default_rng(2).normal(size=(23, 4)))
+    h0 = jnp.ones(4)
+    fn = autopar.parallelize(cell, solver=solver)
+    assert fn.explain(h0, xs).facts["custom_vjp"]
+    assert fn.explain(h0, xs).plan.backward == "sequential"
+    hs, info = fn(h0, xs, return_info=True)
+    assert bool(info.converged)
+    np.testing.assert_allclose(hs, scan_ref(cell, h0, xs), rtol=1e-10, atol=1e-12)
+
+    def loss(run):
+        return lambda h, x: jnp.sum(jnp.sin(run(h, x)))
+
+    got = jax.grad(loss(fn), argnums=(0, 1))(h0, xs)
+    want = jax.grad(loss(lambda h, x: scan_ref(cell, h, x)), argnums=(0, 1))(h0, xs)
+    unclipped = jax.grad(loss(lambda h, x: scan_ref(plain, h, x)), argnums=(0, 1))(h0, xs)
+    assert np.abs(np.asarray(want[0]) - np.asarray(unclipped[0])).max() > 1e-3  # the rule matters here
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="custom_vjp"):
+        autopar.parallelize(cell, solver=solver, backward="linear")(h0, xs)
+
+
+@pytest.mark.parametrize("rounding", ["reduce_precision", "bf16-roundtrip"])
+def test_rounding_cells_take_the_per_step_adjoint(rounding):
+    """JAX's AD rules of rounding round the tangents and cotangents too, so lax.scan's gradient of a
+    rounding cell is not the exact derivative a compact J gives (fuzz seed 1066: 12% off)."""
+    if rounding == "reduce_precision":
+        rnd = lambda h: jax.lax.reduce_precision(h, exponent_bits=8, mantissa_bits=3)  # noqa: E731
+    else:
+        rnd = lambda h: h.astype(jnp.bfloat16).astype(h.dtype)  # noqa: E731
+    cell = lambda h, x: 0.9 * rnd(h) + x  # noqa: E731
+    xs = jnp.asarray(np.random.default_rng(4).normal(size=(33, 3)))
+    h0 = jnp.asarray([0.3, -1.1, 2.0])
+    rep = autopar.parallelize(cell).explain(h0, xs)
+    assert not rep.facts["linear"] and rep.facts["rounding"]
+    loss = lambda run: (lambda h, x: jnp.sum(jnp.sin(run(h, x))))  # noqa: E731
+    want = jax.grad(loss(lambda h, x: scan_ref(cell, h, x)), argnums=(0, 1))(h0, xs)
+    for solver in ("auto", "deer"):
+        with autopar.config.override(planner_backend="gpu"):
+            fn = autopar.parallelize(cell, solver=solver)
+            assert fn.explain(h0, xs).plan.backward == "sequential"
+            got = jax.grad(loss(fn), argnums=(0, 1))(h0, xs)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="rounds"):
+        autopar.parallelize(cell, backward="linear")(h0, xs)

@@ -132,7 +132,7 @@ class Deer(Solver):
         from .elk import ELK_MAX_ITERS, elk_stage
 
         m2 = cv.options_max_iters(problem, ELK_MAX_ITERS)
-        return [newton_stage(linearize, st, tol, m), elk_stage(problem, quasi=False), cv.sequential_stage], [m, m2 + 1]
+        return [newton_stage(linearize, st, tol, m), elk_stage(problem, quasi=False), cv.sequential_stage], [m, m2]
 
     def solve(self, problem: Problem):
         return _solve(self, problem)
@@ -165,7 +165,7 @@ class QuasiDeer(Solver):
             return diagonal_steps(problem.f, problem.structure, prev, problem.xt)
 
         m2 = cv.options_max_iters(problem, ELK_MAX_ITERS)
-        return [newton_stage(linearize, Diagonal(D), tol, m), elk_stage(problem, quasi=True), cv.sequential_stage], [m, m2 + 1]
+        return [newton_stage(linearize, Diagonal(D), tol, m), elk_stage(problem, quasi=True), cv.sequential_stage], [m, m2]
 
     def solve(self, problem: Problem):
         return _solve(self, problem)

@@ -80,9 +80,28 @@ def diagonal_steps(f, structure, points, xt, *, method: str = "auto"):
     return chunked_dense_diagonal(f, points, xt)
 
 
+def _primal_differentiable(f, points, xt):
+    """``f`` with its custom_vjp calls replaced by their primals (``jax.linearize`` cannot enter a
+    custom_vjp; the forward problem's Jacobian is the primal's)."""
+    p0 = jax.ShapeDtypeStruct(points.shape[1:], points.dtype)
+    x0 = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), xt)
+    closed = jax.make_jaxpr(f)(p0, x0)
+    inlined = _compat.inline_custom_vjp(closed)
+    if inlined is closed:
+        return f
+    out_tree = jax.tree_util.tree_structure(jax.eval_shape(f, p0, x0))
+
+    def g(v, x):
+        outs = _compat.eval_jaxpr_inlined(inlined.jaxpr, inlined.consts, v, *jax.tree_util.tree_leaves(x))
+        return jax.tree_util.tree_unflatten(out_tree, outs)
+
+    return g
+
+
 def chunked_dense_diagonal(f, points, xt):
     """D JVPs per step, evaluated in chunks of time so peak memory is chunk · D², not T · D²."""
     T, D = points.shape
+    f = _primal_differentiable(f, points, xt)
     chunk = int(max(1, min(T, _CHUNK_FLOATS // max(D * D, 1))))
 
     def one(args):
@@ -178,8 +197,13 @@ def _eval_jaxpr(jaxpr, consts, args):
 
 
 def _bind(eqn, vals):
-    out = eqn.primitive.bind(*vals, **eqn.params)
-    return list(out) if eqn.primitive.multiple_results else [out]
+    """Every equation is evaluated through ``_compat.bind_eqn`` (``get_bind_params``: call
+    primitives such as custom_jvp_call take their sub-jaxprs as ``subfuns``)."""
+    return _compat.bind_eqn(eqn, vals)
+
+
+def _bind1(eqn, vals):
+    return _bind(eqn, vals)[0]
 
 
 def _apply(eqn, ins):
@@ -189,8 +213,11 @@ def _apply(eqn, ins):
     dep = [t is not None for t in terms]
     if not any(dep):
         return [(o, None) for o in _bind(eqn, vals)]
+    if _compat.is_custom_jvp(eqn):
+        return _custom_jvp(eqn, vals, terms)
     sub = _compat.call_subjaxpr(eqn)
     if sub is not None and len(sub.jaxpr.invars) == len(ins):
+        # (custom_vjp calls too: the forward problem differentiates their primal)
         return _eval_jaxpr(sub.jaxpr, sub.consts, ins)
     from autopar.passes.sparsity import ELEMENTWISE
 
@@ -201,12 +228,12 @@ def _apply(eqn, ins):
         if any(dep[1:]):
             raise Unsupported(f"{name} with an h-dependent index operand")
         rest = vals[1:]
-        g = lambda a: eqn.primitive.bind(a, *rest, **eqn.params)  # noqa: E731
+        g = lambda a: _bind1(eqn, [a, *rest])  # noqa: E731
         return [(outs[0], [t.rows(g) for t in terms[0]])]
     if name == "split":
         res = []
         for k, o in enumerate(outs):
-            g = lambda a, k=k: eqn.primitive.bind(a, **eqn.params)[k]  # noqa: E731
+            g = lambda a, k=k: _bind(eqn, [a])[k]  # noqa: E731
             res.append((o, [t.rows(g) for t in terms[0]]))
         return res
     if name == "pad":
@@ -240,7 +267,7 @@ def _elementwise(eqn, vals, terms, outs):
         def one(a, j=j):
             args = list(vals)
             args[j] = a
-            return eqn.primitive.bind(*args, **eqn.params)
+            return _bind1(eqn, args)
 
         x = jnp.asarray(vals[j])
         _, partial = jax.jvp(one, (x,), (jnp.ones_like(x),))
@@ -253,6 +280,20 @@ def _elementwise(eqn, vals, terms, outs):
     if len(new) > MAX_TERMS:
         raise Unsupported("too many Jacobian terms")
     return [(out, new or None)]
+
+
+def _custom_jvp(eqn, vals, terms):
+    """A custom_jvp call on h: JAX differentiates it with its rule, so the primal must not be
+    interpreted. When the rule's tangent map is elementwise in each h-dependent operand (each
+    output element's tangent reads only the same element: relu, a straight-through round, a
+    custom softclip), the call is an elementwise primitive whose partials one JVP (through the
+    rule) with a tangent of ones gives; otherwise ``Unsupported``."""
+    from autopar.passes.sparsity import custom_jvp_elementwise
+
+    outs = _bind(eqn, vals)
+    if len(outs) != 1 or not custom_jvp_elementwise(eqn, [t is not None for t in terms]):
+        raise Unsupported(f"custom_jvp call {_compat.call_name(eqn)!r} whose rule is not elementwise")
+    return _elementwise(eqn, vals, terms, outs)
 
 
 def _concatenate(eqn, vals, terms):
@@ -280,7 +321,7 @@ def _linear(eqn, vals, j, terms, out):
     def op(a):
         args = list(vals)
         args[j] = a
-        return eqn.primitive.bind(*args, **eqn.params)
+        return _bind1(eqn, args)
 
     m = int(np.prod(x.shape, dtype=np.int64))
     L = jax.jacfwd(op)(jnp.zeros(x.shape, x.dtype))  # out.shape + x.shape, h-independent

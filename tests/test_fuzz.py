@@ -1,0 +1,56 @@
+"""The differential fuzzer (tests/fuzz_cells.py) on a fixed, seeded budget.
+
+Each seed is one random small recurrence; every finding (a silent wrong value, a wrong
+gradient, an unsound analysis claim, an internal crash) fails the case with its class and a
+reproducer. The planner runs on the GPU constants (``$AUTOPAR_PLANNER_BACKEND`` if set, else
+``gpu``), so ``auto`` takes the parallel paths a GPU would.
+
+    AUTOPAR_FUZZ=200 pytest tests/test_fuzz.py      # more seeds (a long run; see scripts/fuzz.py)
+
+The quick budget keeps T ≤ 5 and samples the solvers (auto, linear, one Newton solver and one
+forced backward per case, rotating with the seed): a Newton program costs seconds to compile
+on XLA:CPU, so checking every solver of every case does not fit CI.
+"""
+
+import os
+
+import pytest
+
+from autopar import config
+
+from .fuzz_cells import check_case, make_case, reproducer
+
+QUICK_SEEDS = 12
+N = int(os.environ.get("AUTOPAR_FUZZ", "0") or 0)
+SEEDS = list(range(N)) if N > 0 else list(range(QUICK_SEEDS))
+MAX_T = None if N > 0 else 5
+
+#: Seeds of the quick budget that hit a known-open class (strict xfail, so a fix flips them to
+#: failures and the mark must go). The classes the first fuzz runs found (ELK under rank promotion
+#: 'raise', xs=None through the fallback chain, rounding called affine) are fixed: none open now.
+KNOWN_OPEN: dict[int, str] = {}
+
+
+def _param(seed):
+    if N == 0 and seed in KNOWN_OPEN:
+        return pytest.param(seed, marks=pytest.mark.xfail(strict=True, reason=KNOWN_OPEN[seed]))
+    return seed
+
+
+@pytest.mark.parametrize("seed", [_param(s) for s in SEEDS])
+def test_fuzz_case(seed):
+    backend = config.planner_backend() or "gpu"
+    case = make_case(seed, max_T=MAX_T)
+    findings, _ = check_case(case, backend)
+    assert not findings, (
+        f"seed {seed} ({case.desc}): {len(findings)} finding(s)\n"
+        + "\n".join(f"  [{f.cls}] {f.check} {f.solver}: {f.detail[:500]}" for f in findings)
+        + f"\nreproduce: {reproducer(seed, backend)}"
+    )
+
+
+def test_generator_is_deterministic_and_varied():
+    a, b = make_case(7), make_case(7)
+    assert a.desc == b.desc
+    descs = {make_case(s).desc.split(";")[1] for s in range(40)}
+    assert len(descs) > 15, descs

@@ -54,7 +54,7 @@ def model(p, xs, *, recurrence):
     us = jnp.einsum("ghi,ti->tgh", p["W"], xs) + p["b"][None]
     h0 = jnp.zeros(p["a"].shape, xs.dtype)
     hs = recurrence(functools.partial(gru_cell, p), h0, us)
-    return hs @ p["V"].T + p["c"]
+    return hs @ p["V"].T + p["c"][None]
 
 
 def scan_recurrence(cell, h0, us):

@@ -37,6 +37,16 @@ _KNOWN_OPTIONS = {"backward", "memory_budget", "init", "damping", "picard_warmup
                   "unroll"}
 
 
+FORWARD_MODE_MESSAGE = (
+    "autopar differentiates in reverse mode only: gradients come from an implicit adjoint "
+    "(a jax.custom_vjp around the solver), and JAX cannot push forward-mode tangents (jax.jvp, "
+    "jax.jacfwd, jax.hessian) through a custom_vjp. Use jax.grad / jax.vjp / jax.jacrev "
+    "(second derivatives: jax.jacrev(jax.jacrev(f))), or, for forward mode, build the recurrence "
+    "with solver='sequential' (or 'linear' for an affine cell) and backward='autodiff', which lets JAX "
+    "differentiate the solver itself at lax.scan's memory cost."
+)
+
+
 def _check_solver(solver: Any) -> None:
     if solver is None:  # the default: autopar.config.solver(), resolved (and validated) per call
         return
@@ -237,10 +247,8 @@ class Parallelized:
                 # a trajectory with NaN/inf in it is never "converged" (NaN inputs, overflow)
                 info = dataclasses.replace(info, residual=res, converged=info.converged & jnp.isfinite(res))
         except TypeError as e:
-            # forward mode reached a jax.custom_vjp inside the user's cell (the only case left: every
-            # solver's own rule is a custom_jvp); name it
             if "forward-mode autodiff" in str(e) and "custom_vjp" in str(e):
-                raise AutoparError(emit.forward_mode_error(self._programs[key][0])) from e
+                raise AutoparError(FORWARD_MODE_MESSAGE) from e
             raise
         return (hs, info) if return_info else hs
 

@@ -3,44 +3,32 @@ r"""Stage 4: build the program for a plan. The only stage that builds JAX comput
 The emitted function maps ``(consts, h0 leaves, x leaves)`` to the state
 trajectory. Discrete (integer/bool) state leaves are solved first and exactly;
 the float state is then solved by the planned solver inside one
-``jax.custom_jvp`` shared by every solver:
+``jax.custom_vjp`` shared by every solver:
 
-**Implicit tangent.** At the solution v_t = f(v_{t-1}, x_t; θ), the tangents of
-the inputs give the tangent trajectory by one *linear* recurrence forward in
-time, whatever the forward solver was:
-
-    ṽ_t = J_t ṽ_{t−1} + ∂f/∂x ẋ_t + ∂f/∂θ θ̇,    ṽ_0 = v̇_0,    J_t = ∂f/∂v (v_{t−1}, x_t).
-
-The rule computes the primal by re-entering the solver (never differentiated) and
-the tangent with ops linear in the tangents, the trajectory held constant: either
-a ``lax.custom_linear_solve`` whose solve is the structure-aware ``linear_scan``
-on the compact J_t and whose transpose solve is the reverse scan on J_tᵀ
-(``backward="linear"``), or a ``lax.scan`` of per-step JVPs
-(``backward="sequential"``); the plan picks. Reverse mode is JAX's transpose of
-that tangent solve, which *is* the implicit adjoint
+**Implicit adjoint.** At the solution v_t = f(v_{t-1}, x_t), the cotangents ḡ_t
+of the trajectory give adjoint states
 
     λ_T = ḡ_T,    λ_t = ḡ_t + J_{t+1}ᵀ λ_{t+1},
 
-(a reverse linear scan on J_tᵀ, or a reverse scan of per-step VJPs), followed by
-the VJP of the step at the solution for the x and θ cotangents. The per-step
-JVPs are rematerialised (``jax.checkpoint``) and J_t is extracted inside the
-solves, so the residuals are the inputs and the trajectory (T·D numbers): no
-iterate, no step intermediate. Symbolic-zero tangents (inputs not being
-differentiated) enter no JVP.
+one *linear* recurrence backward in time whatever the forward solver was. Then
+∂L/∂v₀ = J_1ᵀ λ_1 and the cotangents of x_t and of the closed-over constants
+come from one VJP of the vmapped step at (v_{t-1}, x_t) with λ_t. The
+recurrence is solved either by a structure-aware reverse associative scan
+(``backward="linear"``, using the transposed compact factors) or by a reverse
+``lax.scan`` of per-step VJPs (``backward="sequential"``); the plan picks.
+The solver's iterations are never differentiated and no iterate is stored:
+the residuals are the inputs and the trajectory (T·D numbers).
 
 Every solver, ``sequential`` included, runs inside this rule (so a CPU's
-sequential forward still gets the planner's choice of backward). Two exceptions:
-a cell that calls a ``jax.custom_vjp`` (JAX cannot push tangents through it) keeps
-a ``jax.custom_vjp`` rule with the sequential adjoint, reverse mode only; and
+sequential forward still gets the planner's choice of backward). Only
 ``backward="autodiff"`` (exact solvers only, and recurrences whose integer state
-reads the float state) skips the rule and lets JAX differentiate the forward
-solver, at lax.scan's memory cost.
+reads the float state) skips it and lets JAX differentiate the forward solver,
+which supports forward mode at lax.scan's memory cost.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import warnings
 from typing import Any, Callable
 
@@ -126,151 +114,7 @@ def _shift(v0, vs):
 
 
 def make_differentiable_solve(rec, plan: Plan):
-    """``solve(consts, v0, xt) -> (vs, stats arrays)`` differentiable in both modes, implicitly.
-
-    A ``jax.custom_jvp`` whose rule solves the linear tangent recurrence at the solution (see the
-    module docstring); JAX derives reverse mode by transposing it. A cell that calls a
-    ``jax.custom_vjp`` cannot be pushed forward by JAX, so it keeps a ``jax.custom_vjp`` rule
-    (reverse mode only, sequential adjoint).
-    """
-    if rec.has_custom_vjp:
-        return _custom_vjp_solve(rec, plan)
-    solver = get_solver(plan.solver)
-    structure = plan.structure
-
-    def step(consts, v, xt):
-        disc, x = xt
-        return rec.step(consts, v, disc, x)[0]
-
-    @jax.custom_jvp
-    def solve(consts, v0, xt):
-        f = lambda v, x: step(consts, v, x)  # noqa: E731
-        problem = Problem(f, v0, xt, structure, rec.length, plan.options, (rec.layout.split, rec.layout.join))
-        vs, stats = solver.solve(problem)
-        return vs, (stats.solver_index, stats.iterations, stats.converged, stats.history)
-
-    def solve_jvp(primals, tangents):
-        consts, v0, xt = primals
-        d_consts, d_v0, d_xt = tangents
-        # The primal re-enters ``solve``: an outer differentiation (jax.hessian, jvp of jvp) meets
-        # this rule again instead of the solver's iterations, so every order is implicit.
-        out = solve(consts, v0, xt)
-        vs = out[0]
-        d_stats = jax.tree_util.tree_map(_zeros_cotangent, out[1])
-        # Only perturbed inexact inputs enter the tangent solve (symbolic zeros: a weight that is not
-        # differentiated costs no JVP work and is no residual).
-        c_mask, dc = _active(consts, d_consts)
-        x_mask, dx = _active(xt, d_xt)
-        v0_active = _is_active(v0, d_v0)
-        if vs.shape[0] == 0 or not (dc or dx or v0_active):  # T = 0, or nothing perturbed
-            return out, (jnp.zeros_like(vs), d_stats)
-        prev = _shift(v0, vs)
-        if not v0_active:
-            d_v0 = jnp.zeros_like(v0)
-        if plan.backward == "linear":
-            d_vs = _tangent_linear(step, structure, consts, xt, prev, (c_mask, dc), d_v0 if v0_active else None,
-                                   (x_mask, dx))
-        else:
-            d_vs = _tangent_sequential(step, consts, xt, prev, (c_mask, dc), d_v0, (x_mask, dx))
-        return out, (d_vs, d_stats)
-
-    solve.defjvp(solve_jvp, symbolic_zeros=True)
-    return solve
-
-
-def _is_inexact(x) -> bool:
-    return bool(jnp.issubdtype(jnp.result_type(x), jnp.inexact))
-
-
-def _is_active(primal, tangent) -> bool:
-    """Whether ``tangent`` perturbs ``primal``: inexact, and not a symbolic zero."""
-    return _is_inexact(primal) and not isinstance(tangent, jax.custom_derivatives.SymbolicZero)
-
-
-def _active(primals, tangents) -> tuple[list[bool], list]:
-    """Per leaf of ``primals``, whether it is perturbed; and the perturbed leaves' tangents."""
-    leaves, treedef = jax.tree_util.tree_flatten(primals)
-    mask = [_is_active(l, t) for l, t in zip(leaves, treedef.flatten_up_to(tangents))]
-    return mask, [t for t, m in zip(treedef.flatten_up_to(tangents), mask) if m]
-
-
-def _masked_jvp(fun, primals, mask, tangents):
-    """``jax.jvp(fun, primals, ·)[1]`` perturbing only the leaves of ``primals`` where ``mask`` is
-    set (``tangents``: theirs, in flattening order); the other leaves are held constant."""
-    leaves, treedef = jax.tree_util.tree_flatten(primals)
-
-    def g(*active):
-        it = iter(active)
-        full = [next(it) if m else l for l, m in zip(leaves, mask)]
-        return fun(*jax.tree_util.tree_unflatten(treedef, full))
-
-    return jax.jvp(g, tuple(l for l, m in zip(leaves, mask) if m), tuple(tangents))[1]
-
-
-def _tangent_sequential(step, consts, xt, prev, dc, d_v0, dx):
-    """ṽ_t = ∂f/∂v ṽ_{t−1} + ∂f/∂x ẋ_t + ∂f/∂θ θ̇ by a ``lax.scan`` of per-step JVPs at the solution.
-
-    Each step's JVP is rematerialised (``jax.checkpoint``), so reverse mode (JAX's transpose: a
-    reverse scan of per-step VJPs, the θ cotangent accumulated in the carry) saves only the scan's
-    inputs, the trajectory and the x_t, not the step's intermediates.
-    """
-    (c_mask, dc), (x_mask, dx) = dc, dx
-    mask = [*c_mask, True, *x_mask]
-
-    @functools.partial(jax.checkpoint, prevent_cse=False)
-    def tangent_step(c, p, x, dc_, dv, dx_):
-        return _masked_jvp(step, (c, p, x), mask, (*dc_, dv, *dx_))
-
-    def body(dv, inp):
-        p, x, dx_ = inp
-        dv = tangent_step(consts, p, x, dc, dv, dx_)
-        return dv, dv
-
-    return jax.lax.scan(body, d_v0, (prev, xt, dx))[1]
-
-
-def _tangent_linear(step, structure, consts, xt, prev, dc, d_v0, dx):
-    """The tangent recurrence by one structure-aware linear scan, as a ``lax.custom_linear_solve``.
-
-    (I − S∘J) ṽ = b with b_t = ∂f/∂x ẋ_t + ∂f/∂θ θ̇ (+ J_1 ṽ_0 at t = 1) and S the shift in time.
-    ``solve`` is the forward ``linear_scan`` on the compact J_t, ``transpose_solve`` the reverse one
-    on J_tᵀ (the implicit adjoint), so JAX's transpose runs the structured reverse scan. J_t is
-    extracted inside each solve from the trajectory, and b's JVP is rematerialised, so reverse mode
-    saves the trajectory and the inputs only. ``d_v0`` is None when v_0 is not perturbed.
-    """
-    (c_mask, dc), (x_mask, dx) = dc, dx
-    F = jax.vmap(step, in_axes=(None, 0, 0))
-    t = list(dc)
-    if d_v0 is not None:
-        # ṽ_0 perturbs v_0 only: pad with a literal so that no zeros array becomes a residual
-        t.append(jax.lax.pad(d_v0[None], jnp.zeros((), d_v0.dtype), [(0, prev.shape[0] - 1, 0), (0, 0, 0)]))
-    mask = [*c_mask, d_v0 is not None, *x_mask]
-    b = jax.checkpoint(lambda c, p, x, t: _masked_jvp(F, (c, p, x), mask, t))(consts, prev, xt, [*t, *dx])
-    f = lambda v, x: step(consts, v, x)  # noqa: E731
-    zero = lambda: jnp.zeros(prev.shape[1:], prev.dtype)  # noqa: E731 - built inside each solve, not a residual
-
-    @jax.checkpoint
-    def matvec(u):  # (I − S∘J) u, J_t applied by a JVP at (v_{t−1}, x_t)
-        ju = jax.vmap(lambda p, x, w: jax.jvp(lambda v: f(v, x), (p,), (w,))[1])(prev, xt, _shift(zero(), u))
-        return u - ju
-
-    def solve_fwd(_, rhs):
-        _, a = linearize_steps(f, structure, prev, xt)
-        return linear_scan(structure, a, rhs, zero())
-
-    def solve_rev(_, g):
-        # λ_t = g_t + J_{t+1}ᵀ λ_{t+1}: reverse scan with factor M_t = J_{t+1}ᵀ (M_T unused)
-        _, a = linearize_steps(f, structure, prev, xt)
-        at = jax.vmap(structure.transpose, axis_size=prev.shape[0])(a)
-        m = jax.tree_util.tree_map(lambda x: jnp.concatenate([x[1:], x[-1:]], axis=0), at)
-        return linear_scan(structure, m, g, zero(), reverse=True)
-
-    return jax.lax.custom_linear_solve(matvec, b, solve_fwd, solve_rev)
-
-
-def _custom_vjp_solve(rec, plan: Plan):
-    """The reverse-mode-only rule for cells that call a ``jax.custom_vjp`` (e.g. gradient
-    clipping): the implicit adjoint by a reverse scan of the cell's own VJPs."""
+    """``solve(consts, v0, xt) -> (vs, stats arrays)`` with the implicit adjoint as its VJP."""
     solver = get_solver(plan.solver)
     structure = plan.structure
 
@@ -289,32 +133,32 @@ def _custom_vjp_solve(rec, plan: Plan):
     def solve(consts, v0, xt):
         return forward(consts, v0, xt)
 
+    # An exact solver (lax.scan, one linear scan) may be differentiated directly when an outer
+    # transformation differentiates this rule (jax.hessian = jacfwd∘jacrev); an iterative
+    # solver re-enters ``solve`` so that every order of reverse mode is implicit too.
+    exact = plan.solver in ("sequential", "linear")
+
     def solve_fwd(consts, v0, xt):
-        out = solve(consts, v0, xt)
+        out = forward(consts, v0, xt) if exact else solve(consts, v0, xt)
         return out, (consts, v0, xt, out[0])
 
     def solve_bwd(res, cts):
         consts, v0, xt, vs = res
         g = cts[0]
+        if isinstance(g, jax.custom_derivatives.SymbolicZero) or g is None:  # pragma: no cover
+            g = jnp.zeros_like(vs)
         if vs.shape[0] == 0:  # T = 0: nothing depends on the inputs
             return (jax.tree_util.tree_map(_zeros_cotangent, consts), jnp.zeros_like(v0),
                     jax.tree_util.tree_map(_zeros_cotangent, xt))
-        # the linear adjoint needs JVPs of the cell, which JAX cannot take through a custom_vjp
-        return _adjoint_sequential(step, consts, v0, xt, _shift(v0, vs), g)
+        prev = _shift(v0, vs)
+        if plan.backward == "linear":
+            d_consts, d_v0, d_xt = _adjoint_linear(step, structure, consts, v0, xt, prev, g)
+        else:
+            d_consts, d_v0, d_xt = _adjoint_sequential(step, consts, v0, xt, prev, g)
+        return d_consts, d_v0, d_xt
 
     solve.defvjp(solve_fwd, solve_bwd)
     return solve
-
-
-def forward_mode_error(rec) -> str:
-    """The message for forward-mode AD of a cell that calls a ``jax.custom_vjp``."""
-    names = ", ".join(repr(n) for n in _compat.custom_vjp_names(rec.step_jaxpr)) or "a jax.custom_vjp"
-    return (
-        f"forward-mode differentiation (jax.jvp / jax.jacfwd / jax.linearize / jax.hessian) cannot go "
-        f"through this cell: it calls the jax.custom_vjp function {names}, which JAX can only differentiate "
-        "in reverse mode. Use jax.grad / jax.vjp / jax.jacrev (second order: jax.jacrev(jax.jacrev(f))), "
-        "or replace the custom_vjp by a jax.custom_jvp."
-    )
 
 
 def _float_vjp(fun, *primals):
@@ -340,6 +184,20 @@ def _expand(float_cts, primals):
     it = iter(float_cts)
     full = [next(it) if jnp.issubdtype(jnp.asarray(l).dtype, jnp.inexact) else _zeros_cotangent(l) for l in leaves]
     return jax.tree_util.tree_unflatten(treedef, full)
+
+
+def _adjoint_linear(step, structure, consts, v0, xt, prev, g):
+    f = lambda v, x: step(consts, v, x)  # noqa: E731
+    _, a = linearize_steps(f, structure, prev, xt)  # J_1..J_T at the solution
+    at = jax.vmap(structure.transpose, axis_size=prev.shape[0])(a)
+    # λ_t = ḡ_t + J_{t+1}ᵀ λ_{t+1}: reverse scan with factor M_t = J_{t+1}ᵀ (M_T unused, λ_{T+1} = 0)
+    m = jax.tree_util.tree_map(lambda x: jnp.concatenate([x[1:], x[-1:]], axis=0), at)
+    lam = linear_scan(structure, m, g, jnp.zeros_like(v0), reverse=True)
+    F = jax.vmap(step, in_axes=(None, 0, 0))
+    _, vjp = _float_vjp(F, consts, prev, xt)
+    (cts,) = vjp(lam)
+    d_consts, d_prev, d_xt = _expand(cts, (consts, prev, xt))
+    return d_consts, d_prev[0], d_xt
 
 
 def _adjoint_sequential(step, consts, v0, xt, prev, g):
@@ -382,8 +240,7 @@ def build(rec, plan: Plan) -> Callable:
                 return (v, disc), (v, disc)
 
             if plan.solver == "sequential":
-                _, (vs, discs) = jax.lax.scan(body, (v0, list(disc0)), list(x_leaves), length=T,
-                                              unroll=plan.options.get("unroll", 1))
+                _, (vs, discs) = jax.lax.scan(body, (v0, list(disc0)), list(x_leaves), length=T)
             else:
                 discs = _discrete_trajectory(rec, plan, consts, v0, disc0, x_leaves)
                 disc_prev = [jnp.concatenate([d0[None], d[:-1]], 0) for d0, d in zip(disc0, discs)]

@@ -247,16 +247,3 @@ def _replace_subjaxprs(eqn: JaxprEqn) -> JaxprEqn:
 
     params = {k: fix(v) for k, v in eqn.params.items()}
     return eqn.replace(params=params)
-
-
-def custom_vjp_names(jaxpr: ClosedJaxpr | Jaxpr) -> list[str]:
-    """Names of the custom_vjp functions ``jaxpr`` calls (nested calls and loops included), for
-    messages: JAX cannot push forward-mode tangents through these."""
-    jp = jaxpr.jaxpr if isinstance(jaxpr, ClosedJaxpr) else jaxpr
-    out: list[str] = []
-    for eqn in jp.eqns:
-        if is_custom_vjp(eqn) and call_name(eqn) not in out:
-            out.append(call_name(eqn))
-        for sub in jaxprs_in_params(eqn.params):
-            out.extend(n for n in custom_vjp_names(sub) if n not in out)
-    return out

@@ -22,6 +22,11 @@ DropVar = jex_core.DropVar
 Primitive = jex_core.Primitive
 
 eval_jaxpr = jax.core.eval_jaxpr
+#: The class of JAX tracers (a value inside jit / vmap / grad).
+Tracer = jax.core.Tracer
+#: ``concrete_or_error(force, value, context)``: a Python value from a concrete JAX value, or JAX's
+#: ConcretizationTypeError naming ``context``.
+concrete_or_error = jex_core.concrete_or_error
 jaxprs_in_params = jex_core.jaxprs_in_params
 
 #: Primitives whose ``params`` hold one closed sub-jaxpr under ``jaxpr`` or

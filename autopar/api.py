@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import config, emit, plan as plan_mod, trace
+from . import _compat, config, emit, plan as plan_mod, trace
 from .errors import AutoparError, validate_leaves
 from .passes import analyse, facts_valid_for
 from .report import Report
@@ -234,7 +234,7 @@ class Parallelized:
                                                len(self._program_ids))
             self._programs[key] = (_without_consts(rec), facts, p)
             consts = rec.consts
-            if not any(isinstance(c, jax.core.Tracer) for c in consts):
+            if not any(isinstance(c, _compat.Tracer) for c in consts):
                 self._traces[sig] = (key, consts)
         else:
             key, consts = hit
@@ -260,7 +260,7 @@ class Parallelized:
         if ckey in self._compiled:
             return
         args = (consts, h0, xs)
-        if any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(args)):
+        if any(isinstance(a, _compat.Tracer) for a in jax.tree_util.tree_leaves(args)):
             logger.debug("building %r inside an outer JAX transformation (compiled with it)", self.name)
             return
         self._compiled.add(ckey)
@@ -413,8 +413,6 @@ def _without_consts(rec):
     program cache holds no arrays or tracers of a finished call."""
     import dataclasses
 
-    from . import _compat
-
     def strip(closed):
         placeholders = [jax.ShapeDtypeStruct(jnp.shape(c), jnp.result_type(c)) for c in closed.consts]
         return _compat.ClosedJaxpr(closed.jaxpr, placeholders)
@@ -468,7 +466,7 @@ def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None, reve
     validate_leaves(init, "init")
     validate_leaves(xs, "xs")
     T = trace.xs_length(xs, length)
-    unroll = jax.extend.core.concrete_or_error(
+    unroll = _compat.concrete_or_error(
         None, unroll, "The `unroll` argument to `scan` expects a concrete `int` or `bool` value.")
     if isinstance(unroll, bool):
         unroll = max(T, 1) if unroll else 1

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import costs
+from . import _compat, costs
 
 __all__ = ["calibrate"]
 
@@ -145,7 +145,7 @@ def _levels(T: int) -> int:
 
 
 def _inside_trace() -> bool:
-    return isinstance(jnp.zeros(()), jax.core.Tracer)
+    return isinstance(jnp.zeros(()), _compat.Tracer)
 
 
 def calibrate(backend: str | None = None, *, save: bool = True, repeats: int = 7,

@@ -21,6 +21,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from autopar import _compat
 from autopar.errors import AutoparError
 
 __all__ = ["StructureCheckError", "check_facts"]
@@ -47,7 +48,7 @@ def _describe(rec, entries, limit=6) -> str:
 def _is_tracer(x) -> bool:
     import jax
 
-    return isinstance(x, jax.core.Tracer)
+    return isinstance(x, _compat.Tracer)
 
 
 def random_step_inputs(rec, rng, scale=1.0):

@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from autopar import _compat
+
 from .indexing import gather_positions
 
 __all__ = ["fold", "FOLDERS", "MAX_FOLD", "foldable_const"]
@@ -27,7 +29,7 @@ def foldable_const(value: Any) -> np.ndarray | None:
     try:
         import jax
 
-        if isinstance(value, jax.core.Tracer):
+        if isinstance(value, _compat.Tracer):
             return None
     except Exception:  # pragma: no cover
         pass

@@ -47,7 +47,7 @@ def _builtin(name: str) -> bool:
 
 def register_rule(primitive: Any, *, sparsity: str | Callable | None = None, degree: str | Callable | None = None,
                   override: bool = False) -> None:
-    """Register analysis rules for ``primitive`` (a name or a ``jax.extend.core.Primitive``)."""
+    """Register analysis rules for ``primitive`` (a name or a JAX ``Primitive``)."""
     name = primitive if isinstance(primitive, str) else getattr(primitive, "name", None)
     if not isinstance(name, str) or not name:
         raise TypeError(f"register_rule() takes a primitive or its name as a string; got {type(primitive).__name__}: {primitive!r}.")

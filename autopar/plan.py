@@ -145,9 +145,7 @@ def _extract(T, D, fl, st, isz, xb, K):
 
 def _scan(T, D, st, isz, cplx, K):
     work = 2.0 * T * (st.compose_flops() + st.matvec_flops() + D) * cplx
-    elems = st.floats() + D
-    if st.kind == "block-diagonal":
-        elems += 4.0 * D  # each combine gathers v into blocks and scatters back
+    elems = st.floats() + D + st.scan_elements()
     t = levels(T) * K.level_overhead + T * elems * K.scan_elem_time * (isz / 4) + work / K.par_flops
     return t, work
 

@@ -16,57 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 
+# the blocks of a block-diagonal J: one implementation, the kind's own
+from autopar.kinds.block import _scipy_csgraph, components
+
 __all__ = ["components", "triangular_blocks", "greedy_colouring", "MAX_NX_EDGES"]
 
 #: Graphs with more edges than this avoid networkx (pure-Python per edge).
 MAX_NX_EDGES = 200_000
-
-
-def _scipy_csgraph():
-    try:
-        from scipy.sparse import csr_matrix
-        from scipy.sparse.csgraph import connected_components
-
-        return csr_matrix, connected_components
-    except Exception:  # pragma: no cover - scipy is optional
-        return None
-
-
-def components(pattern: np.ndarray) -> list[list[int]]:
-    """Connected components of the symmetric closure, each sorted, ordered by first index."""
-    P = np.asarray(pattern, bool)
-    D = P.shape[0]
-    sp = _scipy_csgraph()
-    if sp is not None and D > 64:
-        csr, cc = sp
-        rows, cols = np.nonzero(P)
-        g = csr((np.ones(len(rows), np.int8), (rows, cols)), shape=(D, D))
-        n, labels = cc(g, directed=True, connection="weak")
-    else:
-        labels = _components_numpy(P | P.T)
-    order = np.argsort(labels, kind="stable")
-    bounds = np.flatnonzero(np.diff(labels[order])) + 1
-    comps = [c.tolist() for c in np.split(order, bounds)] if D else []
-    return sorted(comps, key=lambda c: c[0])
-
-
-def _components_numpy(S: np.ndarray) -> np.ndarray:
-    D = S.shape[0]
-    labels = np.full(D, -1, np.int64)
-    k = 0
-    for i in range(D):
-        if labels[i] >= 0:
-            continue
-        comp = np.zeros(D, bool)
-        comp[i] = True
-        frontier = comp.copy()
-        while frontier.any():
-            nxt = S[frontier].any(axis=0) & ~comp
-            comp |= nxt
-            frontier = nxt
-        labels[comp] = k
-        k += 1
-    return labels
 
 
 def triangular_blocks(pattern: np.ndarray) -> list[list[int]] | None:

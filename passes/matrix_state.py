@@ -38,6 +38,7 @@ same for every j, and because j is never mixed (checked again at run time).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import string
 from typing import Any, Sequence
 
@@ -640,6 +641,11 @@ def extract_factors(jvp, D: int, leaf_shape: tuple, side: str, dtype) -> Factors
     return _finish(ctx, out, leaf_shape, side)
 
 
+def _read_factors(jvp, dtype, *, D: int, leaf_shape: tuple, side: str) -> Factors:
+    """The reader a Kronecker structure calls at run time (``Kronecker.reader``)."""
+    return extract_factors(jvp, D, leaf_shape, side, dtype)
+
+
 def analyse_matrix_state(rec, side: str):
     """Strict proof on the JVP of the step, then the run-time extraction traced abstractly.
 
@@ -728,7 +734,8 @@ class MatrixStatePass(Pass):
             return {"matrix_state": {"recognised": False, "reason": "; ".join(f"{k}: {v}" for k, v in reasons.items())}}
         order = {"zero": 0, "identity": 1, "scalar": 2, "diagonal": 3}
         side, f = min(found, key=lambda sf: (sf[1].rank, order[sf[1].dkind], sf[0] != "left"))
-        kron = kronecker_from_factors(rec.size, shape, side, f)
+        reader = functools.partial(_read_factors, D=rec.size, leaf_shape=shape, side=side)
+        kron = kronecker_from_factors(rec.size, shape, side, f, reader=reader)
         info = {"recognised": True, "side": side, "p": kron.p, "q": kron.q, "heads": kron.heads,
                 "inner": kron.inner_kind, "rank": kron.rank, "dkind": f.dkind, "kind": kron.kind}
         current = facts.get("structure")

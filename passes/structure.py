@@ -2,9 +2,12 @@
 
 ``StructurePass`` picks the tightest kind that every proof supports:
 
-* identity / scalar — from the coefficient proof (``coefficients``);
+it asks the registered kinds (``autopar.kinds``), tightest first, which admits the proven
+sparsity pattern and value-level facts:
+
 * zero — the new state does not read h at all (dead-code analysis of the jaxpr; a zero
   *derivative* pattern alone, e.g. ``floor(h)``, is reported as a zero diagonal instead);
+* identity / scalar — from the coefficient proof (``coefficients``);
 * diagonal — no off-diagonal entry in the sparsity pattern;
 * block-diagonal — connected components of the dependency graph give the permutation and
   block sizes (worth it while the largest block is at most D/2);
@@ -21,10 +24,10 @@ from __future__ import annotations
 import numpy as np
 
 from autopar import _compat
-from autopar.structure import BlockDiagonal, Dense, Diagonal, Identity, Scalar, Zero
+from autopar.structure import recognise
 
 from .base import Pass
-from .graph import components, greedy_colouring, triangular_blocks
+from .graph import greedy_colouring, triangular_blocks
 from .interpret import Domain, propagate
 
 __all__ = ["StructurePass", "HolomorphyPass", "ColouringPass", "structure_from_pattern", "reads_state"]
@@ -100,25 +103,8 @@ def reads_state(rec) -> bool:
 
 
 def structure_from_pattern(pattern: np.ndarray, *, reads_h: bool = True):
-    """Tightest pattern-only kind holding ``pattern`` (zero, diagonal, block-diagonal, dense)."""
-    P = np.asarray(pattern, bool)
-    D = P.shape[0]
-    if not P.any():
-        return Zero(D) if not reads_h else Diagonal(D)
-    if not (P & ~np.eye(D, dtype=bool)).any():
-        return Diagonal(D)
-    if P.all():
-        return Dense(D)
-    comps = components(P)
-    if len(comps) <= 1:
-        return Dense(D)
-    b = max(len(c) for c in comps)
-    if b * 2 > D:  # a block structure pays off only when much smaller than dense
-        return Dense(D)
-    index = np.full((len(comps), b), D, dtype=np.int64)
-    for k, c in enumerate(comps):
-        index[k, : len(c)] = c
-    return BlockDiagonal(D, index)
+    """Tightest pattern-only kind holding ``pattern`` (the registered kinds, tightest first)."""
+    return recognise(np.asarray(pattern, bool), {"reads_h": reads_h})
 
 
 class StructurePass(Pass):
@@ -134,15 +120,11 @@ class StructurePass(Pass):
         S = np.asarray(facts["sparsity"], bool)
         D = S.shape[0]
         notes = list(facts.get("notes", []))
-        coef = facts.get("coefficients")
-        if coef == "identity":
-            st = Identity(D)
-        elif coef == "scalar":
-            st = Scalar(D)
-        else:
-            st = structure_from_pattern(S, reads_h=reads_state(rec) if D else False)
+        # whether h is read at all matters only for an all-zero pattern (zero vs a zero diagonal)
+        reads_h = bool(D) and (S.any() or reads_state(rec))
+        st = recognise(S, {"coefficients": facts.get("coefficients"), "reads_h": reads_h})
         tri = None
-        if isinstance(st, Dense) and D > 1 and not S.all():
+        if st.n_jvps == D and D > 1 and not S.all():  # no kind tighter than dense admits S
             groups = triangular_blocks(S)
             if groups is not None and len(groups) > 1:
                 tri = {"blocks": groups, "sizes": [len(g) for g in groups]}

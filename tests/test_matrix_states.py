@@ -7,7 +7,7 @@ import pytest
 
 import autopar
 from autopar.passes import analyse
-from autopar.solvers.chunked import chunked_dplr_scan
+from autopar.kinds.dplr_scan import chunked_dplr_scan
 from autopar.solvers.linear import linearize_steps
 from autopar.structure import Dense, Diagonal, Scalar
 from autopar.structure_matrix import Kronecker, LowRank

@@ -87,7 +87,7 @@ def newton_stage(linearize, structure, tol: float, max_iters: int):
 def _predict(facts, quasi: bool) -> float:
     degree = facts.get("degree", "nonlinear")
     st = facts.get("structure")
-    exact_diag = st is not None and st.kind in ("zero", "identity", "scalar", "diagonal")
+    exact_diag = st is not None and st.is_diagonal
     if degree in ("constant", "affine"):
         base = 2.0  # one step, one check
     elif degree == "piecewise-linear":

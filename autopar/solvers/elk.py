@@ -63,7 +63,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from autopar.structure import BlockDiagonal, Dense, Diagonal
+from autopar.structure import Diagonal
 
 from . import convergence as cv
 from .base import Problem, Solver, register_solver
@@ -79,49 +79,10 @@ SHRINK, GROW = 0.25, 4.0
 _HI = jax.lax.Precision.HIGHEST
 
 
-class Blocks:
-    """Maps between the flat state (D,) and the block layout (m, b, 1) the smoother runs on.
-
-    diagonal: m = D, b = 1; block-diagonal: the structure's blocks; dense: m = 1, b = D.
-    """
-
-    def __init__(self, structure, D: int, diagonal: bool):
-        self.D = D
-        self.structure = structure
-        self.diag = diagonal or structure.kind in ("zero", "identity", "scalar", "diagonal")
-        self.block = (not self.diag) and isinstance(structure, BlockDiagonal)
-        if self.diag:
-            self.m, self.b = D, 1
-        elif self.block:
-            self.m, self.b = structure.n_blocks, structure.block_size
-        else:
-            self.m, self.b = 1, D
-
-    def vec(self, v):
-        if self.diag:
-            return v.reshape(self.D, 1, 1)
-        if self.block:
-            return self.structure._gather(v)[..., None]
-        return v.reshape(1, self.D, 1)
-
-    def unvec(self, x):
-        x = x[..., 0]
-        if self.diag:
-            return x.reshape(self.D)
-        if self.block:
-            return self.structure._scatter(x, x.dtype)
-        return x.reshape(self.D)
-
-    def mat(self, a):
-        """Compact J (one step) -> (m, b, b). For the diagonal layout ``a`` is diag(J)."""
-        if self.diag:
-            return a.reshape(self.D, 1, 1)
-        if self.block:
-            return a
-        if isinstance(self.structure, Dense):
-            return a.reshape(1, self.D, self.D)
-        # Factored kinds (Kronecker, low-rank): the smoother needs explicit D × D matrices.
-        return self.structure.to_dense(a).reshape(1, self.D, self.D)
+def Blocks(structure, D: int, diagonal: bool):
+    """The block layout (m, b, 1) the smoother runs on: the structure's ``block_view()``, or the
+    elementwise one (``diag``: ``mat`` takes diag(J)) for quasi-ELK and a J that is its diagonal."""
+    return (Diagonal(D) if diagonal or structure.is_diagonal else structure).block_view()
 
 
 def _mm(a, b):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from autopar.structure import Identity, Structure, Zero
+from autopar.structure import Structure
 
 from .base import Problem, Solver, converged_stats, register_solver
 
@@ -49,24 +49,7 @@ def linear_scan(structure: Structure, a, b, v0, *, reverse: bool = False):
         a = jax.tree_util.tree_map(lambda x: jnp.flip(x, 0), a)
         out = linear_scan(structure, a, jnp.flip(b, 0), v0)
         return jnp.flip(out, 0)
-    if isinstance(structure, Zero):
-        return b
-    if getattr(structure, "custom_scan", False):  # e.g. Kronecker: chunked WY scan for low-rank factors
-        return structure.linear_scan(a, b, v0)
-    first_a = jax.tree_util.tree_map(lambda x: x[0], a)
-    b = b.at[0].add(structure.matvec(first_a, v0))
-    if isinstance(structure, Identity):
-        return jnp.cumsum(b, axis=0)
-
-    compose = jax.vmap(structure.compose)
-    matvec = jax.vmap(structure.matvec)
-
-    def combine(e1, e2):  # e1 earlier, e2 later
-        a1, b1 = e1
-        a2, b2 = e2
-        return compose(a2, a1), matvec(a2, b1) + b2
-
-    return jax.lax.associative_scan(combine, (a, b))[1]
+    return structure.scan(a, b, v0)  # the kind's own: associative by default, closed forms for 0 / I
 
 
 def newton_update(structure: Structure, v0, prev, fv, a):

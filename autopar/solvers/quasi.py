@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from autopar import _compat
-from autopar.structure import BlockDiagonal, Dense, Diagonal
+from autopar.structure import Dense
 
 from .linear import linearize_steps
 
@@ -64,13 +64,10 @@ _CHUNK_FLOATS = 1 << 22
 def diagonal_steps(f, structure, points, xt, *, method: str = "auto"):
     """(f(points_t, xt_t), diag J_t) for every t; points (T, D)."""
     D = points.shape[-1]
-    if structure.kind in ("zero", "identity", "scalar", "diagonal"):
+    if structure.cheap_diagonal or (method == "jvp" and structure.n_jvps < D):
         fv, a = linearize_steps(f, structure, points, xt)
-        d = jax.vmap(structure.diagonal)(a) if structure.kind != "diagonal" else a
+        d = jax.vmap(structure.diagonal, axis_size=points.shape[0])(a)
         return fv, jnp.broadcast_to(d, points.shape).astype(points.dtype)
-    if isinstance(structure, BlockDiagonal) and (structure.block_size <= 8 or method == "jvp"):
-        fv, a = linearize_steps(f, structure, points, xt)
-        return fv, jax.vmap(structure.diagonal)(a).astype(points.dtype)
     if method in ("auto", "interpret"):
         try:
             return interpreted_diagonal(f, points, xt)

@@ -12,6 +12,8 @@ zero               0                         ()           —                0
 identity           I                         ()           —                v
 scalar             α·I                       α: ()        α2·α1            α·v
 diagonal           diag(d)                   d: (D,)      d2⊙d1            d⊙v
+monomial           P·diag(a)                 (a, σ)       (a2⊙a1[σ2],      a⊙v[σ]
+                                                          σ1[σ2])
 block-diagonal     P·blkdiag(B_1..B_m)·Pᵀ    B: (m,b,b)   B2_k·B1_k        O(m b²)
 dense              J                         J: (D,D)     J2·J1            O(D²)
 =================  ========================  ===========  ===============  ===========
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kinds import (BlockDiagonal, BlockView, Dense, Diagonal, Identity, Scalar, Structure, Zero,
+from .kinds import (BlockDiagonal, BlockView, Dense, Diagonal, Identity, Monomial, Scalar, Structure, Zero,
                     recognise, register_kind, registered_kinds, unregister_kind)
 from .kinds.base import JVP  # noqa: F401 - kept importable from here
 from .kinds.block import block_index  # noqa: F401
@@ -37,6 +39,7 @@ __all__ = [
     "Identity",
     "Scalar",
     "Diagonal",
+    "Monomial",
     "BlockDiagonal",
     "Dense",
     "from_sparsity",
@@ -48,5 +51,6 @@ __all__ = [
 
 
 def from_sparsity(pattern: np.ndarray) -> Structure:
-    """The tightest pattern-only kind that contains ``pattern`` (zero, diagonal, block, dense). Identity and scalar need value-level proofs (see ``autopar.passes``)."""
+    """The tightest pattern-only kind that contains ``pattern`` (zero, diagonal, monomial, block,
+    dense). Identity and scalar need value-level proofs (see ``autopar.passes``)."""
     return recognise(np.asarray(pattern, bool), {"reads_h": False})

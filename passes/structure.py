@@ -9,6 +9,7 @@ sparsity pattern and value-level facts:
   *derivative* pattern alone, e.g. ``floor(h)``, is reported as a zero diagonal instead);
 * identity / scalar — from the coefficient proof (``coefficients``);
 * diagonal — no off-diagonal entry in the sparsity pattern;
+* monomial — at most one entry per row and per column (a permutation times a diagonal);
 * block-diagonal — connected components of the dependency graph give the permutation and
   block sizes (worth it while the largest block is at most D/2);
 * dense — otherwise. For dense J the strongly connected components of the directed

@@ -11,10 +11,11 @@ from .diagonal import Diagonal
 from .fixed import Identity, Zero
 from .kronecker import Kronecker, kronecker_from_factors
 from .lowrank import Householder, LowRank
+from .monomial import Monomial
 from .scalar import Scalar
 
 __all__ = ["Structure", "BlockView", "register_kind", "unregister_kind", "registered_kinds", "recognise",
-           "Zero", "Identity", "Scalar", "Diagonal", "BlockDiagonal", "LowRank", "Householder",
+           "Zero", "Identity", "Scalar", "Diagonal", "Monomial", "BlockDiagonal", "LowRank", "Householder",
            "Kronecker", "Dense", "kronecker_from_factors"]
 
 # The registry: one line per kind (``order`` sorts them, tightest first).
@@ -22,6 +23,7 @@ register_kind(Zero)
 register_kind(Identity)
 register_kind(Scalar)
 register_kind(Diagonal)
+register_kind(Monomial)
 register_kind(BlockDiagonal)
 register_kind(LowRank)
 register_kind(Kronecker)

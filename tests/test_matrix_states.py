@@ -1,5 +1,7 @@
 """Matrix-valued states: Kronecker / Householder structure, recognition soundness, exact solves."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -156,6 +158,29 @@ def test_extracted_factor_matches_jacfwd(cell, kinds, rank):
     np.testing.assert_allclose(np.asarray(st.to_dense(st.transpose(a0))), J.T, atol=1e-12)
     np.testing.assert_allclose(np.asarray(st.diagonal(a0)), np.diag(J), atol=1e-12)
     assert not (np.abs(J) > 1e-14)[~st.pattern()].any()
+
+
+def row_decay(S, x):
+    """S ↦ diag(w) S + k vᵀ: a left action by a diagonal M (kronecker(diagonal))."""
+    k, v, g = x
+    return S * jax.nn.sigmoid(g + k)[:, None] + jnp.outer(k, v)
+
+
+@pytest.mark.parametrize("solver", ["linear", "elk"])
+def test_diagonal_inner_factor_is_read_by_one_jvp(solver):
+    """M = diag(d): J·1 reads d in every row, so extraction needs no factor reader; J is its own
+    diagonal, so elk runs its elementwise smoother."""
+    S0, xs = _inputs(row_decay, jnp.float64)
+    rec, facts = _facts(row_decay)
+    st = dataclasses.replace(facts["structure"], reader=None)
+    assert st.kind == "kronecker(diagonal)" and st.is_diagonal
+    x1 = [a[1] for a in xs]
+    f = lambda v: rec.step(rec.consts, v, [], x1)[0]  # noqa: E731
+    v = S0.reshape(-1)
+    np.testing.assert_allclose(st.to_dense(st.extract(jax.linearize(f, v)[1], v.dtype)), jax.jacfwd(f)(v), atol=1e-12)
+    out, info = autopar.parallelize(row_decay, solver=solver, fallback=False)(S0, xs, return_info=True)
+    assert bool(info.converged)
+    assert_trees_close(out, scan_states(row_decay, S0, xs))
 
 
 DTYPE_CASES = [pytest.param(c, k, r, dt, id=f"{c.__name__}-{np.dtype(dt).name}")

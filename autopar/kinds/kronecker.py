@@ -23,10 +23,11 @@ dense                  M: (H, q, q)        M2·M1, O(q³) per combine
 Every operation is the inner kind's, per head (the p rows share M): ``scan`` runs the inner
 kind's scan with the rows as shared right-hand sides.
 
-**Extraction.** ``autopar.passes.matrix_state`` proves the one-sided action and attaches
-``reader``: the run-time reader of (d, U, V) off the linearised step (its h-independent slice
-computes them; no dense J is formed); the inner kind turns them into its compact form
-(``from_dplr``).
+**Extraction.** For a diagonal inner factor (identity, scalar, diagonal) one JVP with a vector
+of ones reads d in every row. Otherwise ``autopar.passes.matrix_state``, which proves the
+one-sided action, attaches ``reader``: the run-time reader of (d, U, V) off the linearised step
+(its h-independent slice computes them; no dense J is formed; a low-rank U Vᵀ cannot be read
+off JVPs). The inner kind turns (d, U, V) into its compact form (``from_dplr``).
 """
 
 from __future__ import annotations
@@ -130,16 +131,19 @@ class Kronecker(Structure):
 
     # ---- algebra -------------------------------------------------------------------
     def extract(self, jvp, dtype):
+        H, q = self.heads, self.q
+        none = jnp.zeros((H, q, 0), dtype)
+        if self.inner.is_diagonal:  # M = diag(d): every row of J·1 reads d (one JVP, no reader)
+            return self.inner.from_dplr(self._canon(jvp(jnp.ones((self.size,), dtype)))[:, 0, :], none, none)
         if self.reader is None:
             raise ValueError("this Kronecker structure has no factor reader (autopar.passes.matrix_state attaches one)")
         f = self.reader(jvp, dtype)
-        H, q = self.heads, self.q
         if f.dkind == "identity":
             d = jnp.ones((H, q), dtype)
         else:
             d = jnp.zeros((H, q), dtype) if f.d is None else f.d.astype(dtype)
-        U = f.U.astype(dtype) if f.U is not None else jnp.zeros((H, q, 0), dtype)
-        V = f.V.astype(dtype) if f.V is not None else jnp.zeros((H, q, 0), dtype)
+        U = f.U.astype(dtype) if f.U is not None else none
+        V = f.V.astype(dtype) if f.V is not None else none
         return self.inner.from_dplr(d, U, V)
 
     def compose(self, a2, a1):

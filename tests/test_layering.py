@@ -38,14 +38,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: so this list only shrinks; it must end empty.
 KNOWN_CYCLES: list[frozenset[str]] = [
     frozenset({"autopar.passes.linearity", "autopar.passes.rules", "autopar.passes.sparsity"}),
-    frozenset({"autopar.solvers.deer", "autopar.solvers.elk"}),
-    frozenset({"autopar.config", "autopar.costs", "autopar.emit", "autopar.plan"}),
     frozenset({"autopar.passes.matrix_state", "autopar.structure_matrix"}),
 ]
 #: (importer, imported) layer violations still being removed; same rule as KNOWN_CYCLES.
 KNOWN_VIOLATIONS: set[tuple[str, str]] = {
-    ("autopar.config", "autopar.plan"),
-    ("autopar.costs", "autopar.emit"),
     ("autopar.structure_matrix", "autopar.solvers.chunked"),
     ("autopar.structure_matrix", "autopar.passes.matrix_state"),
 }

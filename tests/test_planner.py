@@ -355,6 +355,21 @@ def test_step_flops_and_ops():
     assert costs.step_ops(cp) == (0.0, 1.0)
 
 
+def test_sequential_price_reads_the_step_ops_fact_when_present():
+    """The planner prices non-fusable ops from ``facts["step_ops"]`` (the cost pass's count) and
+    counts them off the step's jaxpr only when the analysis did not provide it."""
+    cell, h0, xs = tanh_dense(D=16, T=256)
+    rec, facts = _analysed(cell, h0, xs)
+    K = costs.constants_for("cpu")
+    counted = costs.step_ops(rec.step_jaxpr)
+    base = {k: v for k, v in facts.items() if k != "step_ops"}
+    absent = plan_mod.predict("sequential", base, rec, K)
+    same = plan_mod.predict("sequential", dict(base, step_ops=counted), rec, K)
+    more = plan_mod.predict("sequential", dict(base, step_ops=(counted[0] + 10, counted[1])), rec, K)
+    assert absent == same
+    assert more.time == pytest.approx(absent.time + rec.length * 10 * K.op_overhead)
+
+
 def test_planning_inside_jit_with_traced_closed_over_params():
     """The planner reads only shapes and dtypes: closed-over tracers must not be concretised."""
     xs = jnp.ones((64, 4), jnp.float32)

@@ -25,7 +25,7 @@ from . import _compat, config, emit, plan as plan_mod, trace
 from .errors import AutoparError, validate_leaves
 from .passes import analyse, facts_valid_for
 from .report import Report
-from .solvers import SOLVER_NAMES, get_solver
+from .solvers import get_solver, solver_options
 
 __all__ = ["parallelize", "Parallelized", "scan", "explain"]
 
@@ -33,8 +33,13 @@ __all__ = ["parallelize", "Parallelized", "scan", "explain"]
 logger = logging.getLogger("autopar")
 
 
-_KNOWN_OPTIONS = {"backward", "memory_budget", "init", "damping", "picard_warmup", "check", "chunk_size", "fallback",
-                  "unroll"}
+#: Options every recurrence accepts (planner, analysis); each solver adds those it reads (``Solver.options``).
+_COMMON_OPTIONS = frozenset({"backward", "memory_budget", "check", "chunk_size"})
+
+
+def _known_options() -> frozenset:
+    """The options ``parallelize`` accepts: the common ones and every registered solver's."""
+    return _COMMON_OPTIONS | solver_options()
 
 
 FORWARD_MODE_MESSAGE = (
@@ -82,9 +87,10 @@ class Parallelized:
         if not callable(cell):
             raise TypeError(f"`cell` must be callable as cell(h, x) -> new_h; got {type(cell).__name__}: {cell!r}.")
         _check_solver(solver)
-        unknown = set(options) - _KNOWN_OPTIONS
+        known = _known_options()
+        unknown = set(options) - known
         if unknown:
-            raise TypeError(f"unknown option(s) {sorted(unknown)}; known options: {sorted(_KNOWN_OPTIONS | {'solver', 'tol', 'max_iters', 'name'})}.")
+            raise TypeError(f"unknown option(s) {sorted(unknown)}; known options: {sorted(known | {'solver', 'tol', 'max_iters', 'name'})}.")
         if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
             raise ValueError(f"`tol` must be a positive number; got {tol!r}.")
         if max_iters is not None and not (isinstance(max_iters, int) and max_iters >= 1):
@@ -171,6 +177,30 @@ class Parallelized:
         facts, p = self._analysis[key]
         return rec, facts, p
 
+    def _lookup(self, h0, xs, length):
+        """(call signature, program key, consts) for these arguments, tracing the cell only when
+        this signature was not traced before (by a call or by ``explain``).
+
+        The cell is traced outside the jit so its closed-over values enter the program as
+        explicit, differentiable arguments. Like lax.scan, the trace is cached per input
+        signature; it is redone whenever the cached closed-over values were tracers of an outer
+        transformation (jax.grad / vmap / jit), which must never be reused once that trace ends."""
+        validate_leaves(h0, "h0")
+        validate_leaves(xs, "xs")
+        trace.xs_length(xs, length)
+        sig = (_call_signature(h0, xs, length), self._settings()[2])
+        hit = self._traces.get(sig)
+        if hit is not None:
+            return (sig, *hit)
+        rec, facts, p = self._prepare(h0, xs, length)
+        # a small static key for the jit cache: one id per distinct program
+        key = self._program_ids.setdefault((rec.signature(), rec.length, self._settings()[2]), len(self._program_ids))
+        self._programs[key] = (_without_consts(rec), facts, p)
+        consts = rec.consts
+        if not any(isinstance(c, _compat.Tracer) for c in consts):
+            self._traces[sig] = (key, consts)
+        return sig, key, consts
+
     def _run(self, consts, h0, xs, key, length=None, reverse=False):
         # ``consts`` (the cell's closed-over arrays, traced afresh by the caller) are explicit
         # arguments: the jitted program never captures them, so a later call with new closed-over
@@ -218,26 +248,7 @@ class Parallelized:
             h_t − cell(h_{t−1}, x_t), each element against its own scale: see `Info`) and
             ``info.fallback``.
         """
-        validate_leaves(h0, "h0")
-        validate_leaves(xs, "xs")
-        trace.xs_length(xs, length)
-        # The cell is traced outside the jit so its closed-over values enter the program as
-        # explicit, differentiable arguments. Like lax.scan, the trace is cached per input
-        # signature; it is redone whenever the cached closed-over values were tracers of an outer
-        # transformation (jax.grad / vmap / jit), which must never be reused once that trace ends.
-        sig = (_call_signature(h0, xs, length), self._settings()[2])
-        hit = self._traces.get(sig)
-        if hit is None:
-            rec, facts, p = self._prepare(h0, xs, length)
-            # a small static key for the jit cache: one id per distinct program
-            key = self._program_ids.setdefault((rec.signature(), rec.length, self._settings()[2]),
-                                               len(self._program_ids))
-            self._programs[key] = (_without_consts(rec), facts, p)
-            consts = rec.consts
-            if not any(isinstance(c, _compat.Tracer) for c in consts):
-                self._traces[sig] = (key, consts)
-        else:
-            key, consts = hit
+        sig, key, consts = self._lookup(h0, xs, length)
         kw = dict(key=key, length=length, reverse=bool(reverse))
         try:
             self._log_compile(sig, consts, h0, xs, kw)
@@ -280,9 +291,11 @@ class Parallelized:
         """What autopar proves about this cell at this signature, and what it would run.
 
         Nothing is compiled or run: the report renders the same facts and plan a call with
-        these arguments uses. ``print(report)`` for text; in a notebook it renders itself.
+        these arguments uses (a signature a call already traced is not traced again, nor is one
+        explained here when it is called). ``print(report)`` for text; in a notebook it renders itself.
         """
-        rec, facts, p = self._prepare(h0, xs, length)
+        _, key, _ = self._lookup(h0, xs, length)
+        rec, facts, p = self._programs[key]
         return Report(rec.name, facts, p, rec.layout, rec.length)
 
     def __repr__(self) -> str:

@@ -29,6 +29,9 @@ import os
 import threading
 from typing import Any, Iterator
 
+from .adjoint import backward_modes
+from .solvers import solver_names
+
 __all__ = ["planner_backend", "solver", "backward", "override", "set", "reset", "snapshot", "resolve_backend",
            "PLANNER_BACKENDS", "ENV"]
 
@@ -48,12 +51,8 @@ def _allowed(name: str) -> tuple[str, ...]:
     if name == "planner_backend":
         return PLANNER_BACKENDS
     if name == "solver":
-        from .solvers import solver_names
-
         return ("auto", *solver_names())
-    from .plan import BACKWARD_MODES
-
-    return BACKWARD_MODES
+    return backward_modes()
 
 
 def _validate(name: str, value: Any, source: str) -> Any:

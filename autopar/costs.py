@@ -354,7 +354,7 @@ def vjp_eqns(rec) -> int:
     """
     import jax
 
-    from .emit import _float_vjp  # lazy: emit imports plan, which imports this module
+    from .dtypes import float_vjp
 
     jp = rec.step_jaxpr
     avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in jp.jaxpr.invars]
@@ -366,7 +366,7 @@ def vjp_eqns(rec) -> int:
         return _compat.eval_jaxpr(jp.jaxpr, list(cs), v, *disc, *xl)[0]
 
     def adjoint_step(cs, v, xt, g):
-        return _float_vjp(step, cs, v, xt)[1](g)
+        return float_vjp(step, cs, v, xt)[1](g)
 
     xt = (avals[1 : 1 + n_disc], avals[1 + n_disc :])
     return count_eqns(jax.make_jaxpr(adjoint_step)(consts, avals[0], xt, avals[0]))

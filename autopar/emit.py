@@ -2,28 +2,12 @@ r"""Stage 4: build the program for a plan. The only stage that builds JAX comput
 
 The emitted function maps ``(consts, h0 leaves, x leaves)`` to the state
 trajectory. Discrete (integer/bool) state leaves are solved first and exactly;
-the float state is then solved by the planned solver inside one
-``jax.custom_vjp`` shared by every solver:
-
-**Implicit adjoint.** At the solution v_t = f(v_{t-1}, x_t), the cotangents ḡ_t
-of the trajectory give adjoint states
-
-    λ_T = ḡ_T,    λ_t = ḡ_t + J_{t+1}ᵀ λ_{t+1},
-
-one *linear* recurrence backward in time whatever the forward solver was. Then
-∂L/∂v₀ = J_1ᵀ λ_1 and the cotangents of x_t and of the closed-over constants
-come from one VJP of the vmapped step at (v_{t-1}, x_t) with λ_t. The
-recurrence is solved either by a structure-aware reverse associative scan
-(``backward="linear"``, using the transposed compact factors) or by a reverse
-``lax.scan`` of per-step VJPs (``backward="sequential"``); the plan picks.
-The solver's iterations are never differentiated and no iterate is stored:
-the residuals are the inputs and the trajectory (T·D numbers).
-
-Every solver, ``sequential`` included, runs inside this rule (so a CPU's
-sequential forward still gets the planner's choice of backward). Only
-``backward="autodiff"`` (exact solvers only, and recurrences whose integer state
-reads the float state) skips it and lets JAX differentiate the forward solver,
-which supports forward mode at lax.scan's memory cost.
+the float state is then solved by the planned solver, made differentiable by the planned
+adjoint strategy (``autopar.adjoint``: the implicit adjoint — one ``jax.custom_vjp`` shared by
+every solver, ``sequential`` included, so a CPU's sequential forward still gets the planner's
+choice of backward — or ``autodiff``, which lets JAX differentiate an exact forward solver).
+A recurrence whose integer state reads the float state runs as one ``lax.scan`` of the joint
+state, differentiated by JAX.
 """
 
 from __future__ import annotations
@@ -36,13 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _compat
+from .adjoint import get_adjoint, separable
 from .errors import FallbackWarning
 from .plan import Plan
 from .solvers import Problem, get_solver
 from .solvers import convergence as cv
-from .solvers.linear import linear_scan, linearize_steps
-from .solvers.sequential import sequential_trajectory
+from .solvers.linear import linearize_steps
 
 __all__ = ["Info", "build", "residual"]
 
@@ -101,123 +84,33 @@ class Info:
         )
 
 
-def _zeros_cotangent(x):
-    x = jnp.asarray(x)
-    if jnp.issubdtype(x.dtype, jnp.inexact):
-        return jnp.zeros_like(x)
-    return np.zeros(x.shape, dtype=jax.dtypes.float0)
-
-
 def _shift(v0, vs):
     """(v_0..v_{T-1}) from v0 and (v_1..v_T)."""
     return jnp.concatenate([v0[None], vs[:-1]], axis=0)
 
 
 def make_differentiable_solve(rec, plan: Plan):
-    """``solve(consts, v0, xt) -> (vs, stats arrays)`` with the implicit adjoint as its VJP."""
+    """``solve(consts, v0, xt) -> (vs, stats arrays)``, differentiable by the plan's adjoint strategy."""
     solver = get_solver(plan.solver)
+    strategy = get_adjoint(plan.backward)
     structure = plan.structure
 
     def step(consts, v, xt):  # the adjoint's: JAX applies the cell's custom rules
         disc, x = xt
         return rec.step(consts, v, disc, x)[0]
 
+    def primal(consts, v, xt):  # custom_vjp calls inlined (the same values), so the solvers can linearise
+        return rec.primal_step(consts, v, *xt)[0]
+
+    solved = primal if strategy.implicit else step
+
     def forward(consts, v0, xt):
-        # the solvers linearise the primal (custom_vjp calls inlined; the same values)
-        f = lambda v, x: rec.primal_step(consts, v, *x)[0]  # noqa: E731
+        f = lambda v, x: solved(consts, v, x)  # noqa: E731
         problem = Problem(f, v0, xt, structure, rec.length, plan.options, (rec.layout.split, rec.layout.join))
         vs, stats = solver.solve(problem)
-        return vs, (stats.solver_index, stats.iterations, stats.converged, stats.history)
+        return vs, (jnp.asarray(stats.solver_index, jnp.int32), stats.iterations, stats.converged, stats.history)
 
-    @jax.custom_vjp
-    def solve(consts, v0, xt):
-        return forward(consts, v0, xt)
-
-    # An exact solver (lax.scan, one linear scan) may be differentiated directly when an outer
-    # transformation differentiates this rule (jax.hessian = jacfwd∘jacrev); an iterative
-    # solver re-enters ``solve`` so that every order of reverse mode is implicit too.
-    exact = plan.solver in ("sequential", "linear")
-
-    def solve_fwd(consts, v0, xt):
-        out = forward(consts, v0, xt) if exact else solve(consts, v0, xt)
-        return out, (consts, v0, xt, out[0])
-
-    def solve_bwd(res, cts):
-        consts, v0, xt, vs = res
-        g = cts[0]
-        if isinstance(g, jax.custom_derivatives.SymbolicZero) or g is None:  # pragma: no cover
-            g = jnp.zeros_like(vs)
-        if vs.shape[0] == 0:  # T = 0: nothing depends on the inputs
-            return (jax.tree_util.tree_map(_zeros_cotangent, consts), jnp.zeros_like(v0),
-                    jax.tree_util.tree_map(_zeros_cotangent, xt))
-        prev = _shift(v0, vs)
-        if plan.backward == "linear":
-            d_consts, d_v0, d_xt = _adjoint_linear(step, structure, consts, v0, xt, prev, g)
-        else:
-            d_consts, d_v0, d_xt = _adjoint_sequential(step, consts, v0, xt, prev, g)
-        return d_consts, d_v0, d_xt
-
-    solve.defvjp(solve_fwd, solve_bwd)
-    return solve
-
-
-def _float_vjp(fun, *primals):
-    """VJP of ``fun`` w.r.t. the inexact leaves of ``primals`` only.
-
-    Returns ``(out, vjp)`` where ``vjp(ct)`` gives the cotangents of the inexact leaves as a
-    flat list (integer leaves have none); ``_expand`` rebuilds full cotangent pytrees.
-    """
-    leaves, treedef = jax.tree_util.tree_flatten(primals)
-    mask = [bool(jnp.issubdtype(jnp.asarray(l).dtype, jnp.inexact)) for l in leaves]
-
-    def g(float_leaves):
-        it = iter(float_leaves)
-        full = [next(it) if m else l for l, m in zip(leaves, mask)]
-        return fun(*jax.tree_util.tree_unflatten(treedef, full))
-
-    return jax.vjp(g, [l for l, m in zip(leaves, mask) if m])
-
-
-def _expand(float_cts, primals):
-    """Full cotangent pytrees for ``primals`` from the inexact leaves' cotangents (float0 elsewhere)."""
-    leaves, treedef = jax.tree_util.tree_flatten(primals)
-    it = iter(float_cts)
-    full = [next(it) if jnp.issubdtype(jnp.asarray(l).dtype, jnp.inexact) else _zeros_cotangent(l) for l in leaves]
-    return jax.tree_util.tree_unflatten(treedef, full)
-
-
-def _adjoint_linear(step, structure, consts, v0, xt, prev, g):
-    f = lambda v, x: step(consts, v, x)  # noqa: E731
-    _, a = linearize_steps(f, structure, prev, xt)  # J_1..J_T at the solution
-    at = jax.vmap(structure.transpose, axis_size=prev.shape[0])(a)
-    # λ_t = ḡ_t + J_{t+1}ᵀ λ_{t+1}: reverse scan with factor M_t = J_{t+1}ᵀ (M_T unused, λ_{T+1} = 0)
-    m = jax.tree_util.tree_map(lambda x: jnp.concatenate([x[1:], x[-1:]], axis=0), at)
-    lam = linear_scan(structure, m, g, jnp.zeros_like(v0), reverse=True)
-    F = jax.vmap(step, in_axes=(None, 0, 0))
-    _, vjp = _float_vjp(F, consts, prev, xt)
-    (cts,) = vjp(lam)
-    d_consts, d_prev, d_xt = _expand(cts, (consts, prev, xt))
-    return d_consts, d_prev[0], d_xt
-
-
-def _adjoint_sequential(step, consts, v0, xt, prev, g):
-    n_const = sum(1 for c in jax.tree_util.tree_leaves(consts) if jnp.issubdtype(jnp.asarray(c).dtype, jnp.inexact))
-
-    def body(carry, inp):
-        c, d_consts = carry  # c = J_{t+1}ᵀ λ_{t+1}
-        g_t, p_t, x_t = inp
-        _, vjp = _float_vjp(step, consts, p_t, x_t)
-        (cts,) = vjp(g_t + c)
-        dc, rest = cts[:n_const], cts[n_const:]
-        n_v = 1 if jnp.issubdtype(p_t.dtype, jnp.inexact) else 0
-        dv, dx = (rest[0] if n_v else jnp.zeros_like(c)), rest[n_v:]
-        return (dv, [a + b for a, b in zip(d_consts, dc)]), dx
-
-    zc = [jnp.zeros_like(c) for c in jax.tree_util.tree_leaves(consts) if jnp.issubdtype(jnp.asarray(c).dtype, jnp.inexact)]
-    (d_v0, dc), dx = jax.lax.scan(body, (jnp.zeros_like(v0), zc), (g, prev, xt), reverse=True)
-    d_consts = _expand(dc, consts)
-    d_xt = _expand(dx, xt)
-    return d_consts, d_v0, d_xt
+    return strategy.apply(forward, step, structure, exact=solver.exact)
 
 
 def build(rec, plan: Plan) -> Callable:
@@ -232,24 +125,16 @@ def build(rec, plan: Plan) -> Callable:
 
     def run(consts, h0_leaves, x_leaves):
         v0, disc0 = layout.ravel(h0_leaves)
-        if plan.backward == "autodiff":
-            # No implicit adjoint: JAX differentiates the (exact) forward solver itself.
+        if not separable(rec):
+            # The float state cannot be solved on its own: one lax.scan of the joint state,
+            # differentiated by JAX (the planner's backward is "autodiff" here).
             def body(carry, x):
                 v, disc = carry
                 v, disc = rec.step(consts, v, disc, x)
                 return (v, disc), (v, disc)
 
-            if plan.solver == "sequential":
-                _, (vs, discs) = jax.lax.scan(body, (v0, list(disc0)), list(x_leaves), length=T)
-            else:
-                discs = _discrete_trajectory(rec, plan, consts, v0, disc0, x_leaves)
-                disc_prev = [jnp.concatenate([d0[None], d[:-1]], 0) for d0, d in zip(disc0, discs)]
-                f = lambda v, xt: rec.step(consts, v, *xt)[0]  # noqa: E731
-                problem = Problem(f, v0, (disc_prev, list(x_leaves)), plan.structure, T, plan.options,
-                                  (rec.layout.split, rec.layout.join))
-                vs, _ = get_solver(plan.solver).solve(problem)
-            stats = (jnp.asarray(0, jnp.int32), jnp.asarray(1 if plan.solver == "linear" else T, jnp.int32),
-                     jnp.asarray(True), None)
+            _, (vs, discs) = jax.lax.scan(body, (v0, list(disc0)), list(x_leaves), length=T)
+            stats = (jnp.asarray(0, jnp.int32), jnp.asarray(T, jnp.int32), jnp.asarray(True), None)
         else:
             discs = _discrete_trajectory(rec, plan, consts, v0, disc0, x_leaves)
             disc_prev = [jnp.concatenate([d0[None], d[:-1]], 0) for d0, d in zip(disc0, discs)]

@@ -6,33 +6,20 @@ picks the cheapest one that applies and fits the memory budget (or the one the
 user forced, after checking it applies). Every candidate's row is kept in
 ``Plan.candidates``, so ``explain()`` shows the table the choice came from.
 
-**Cost model** (T steps, D state floats, f the flops of one step, s the compact
-floats of one J_t, c its compose flops, m its matvec flops, K the backend
-constants of ``autopar.costs``; bytes are streamed at ``K.bytes_per_s``):
-
-* sequential: ``T · (K.step_overhead + n_ops·K.op_overhead + f / K.seq_flops + bytes_t / K.bytes_per_s)``
-  where n_ops counts the step's non-fusable ops (dots, reductions, gathers; complex ones
-  weigh ``K.complex_op_factor``); depth T.
-* linear = extraction + scan. Extraction (the step linearised and vmapped over
-  T, one primal and ``n_jvps`` tangents) ``T·f·(1 + n_jvps) / K.par_flops`` plus its
-  traffic; the associative scan ``levels(T)·K.level_overhead + T·(s + D)·K.scan_elem_time
-  + 2T·(c + m) / K.par_flops`` with ``levels(T) = 2⌈log₂T⌉``, plus ``K.parallel_overhead``;
-  depth levels(T).
-* Newton family (deer, quasi-deer, elk, …): ``iters × (extraction + scan + one
-  vmapped residual)``, ``iters = solver.predict_iterations(facts, rec)``; quasi
-  variants scan diag(J); elk-type smoothers run about three scans per iteration.
-  A solver may instead define ``predict_cost(facts, rec, K) -> (seconds, bytes,
-  iterations)``.
+**Cost model.** Each solver prices itself: ``solver.cost(facts, rec, K) -> Prediction`` with the
+backend constants K of ``autopar.costs``, built from the shared formulas of
+``autopar.solvers.pricing`` (sequential: T dependent steps; linear: extraction + one scan, depth
+levels(T); the Newton family: iterations × (extraction + scans + residual)). The planner never
+names a solver: it reads ``applies``, ``parallel``, ``cost`` and ``describe`` off the registry.
 
 Memory is the peak the solver keeps alive: the output (T·D) for sequential; the
 compact factors and offsets with the scan's temporaries (≈ 3·T·(s + D)) for the
 parallel ones. A solver whose memory exceeds ``options["memory_budget"]``
 (default: half the device memory, or of physical RAM on a CPU) is never chosen.
 
-**Backward.** The adjoint λ_t = ḡ_t + J_{t+1}ᵀ λ_{t+1} is linear whatever the
-forward solver was, so the plan also picks how to solve it — a reverse
-``lax.scan`` of per-step VJPs or one structure-aware reverse linear scan —
-with the same constants.
+**Backward.** The adjoint is linear whatever the forward solver was, so the plan also picks how
+to solve it, by the same rule over the strategies of ``autopar.adjoint`` (``backward="auto"``
+considers those with ``auto``): the cheapest that applies and fits the budget.
 """
 
 from __future__ import annotations
@@ -42,12 +29,11 @@ import math
 import warnings
 from typing import Any
 
-import jax
-import numpy as np
-
-from . import config, costs
-from .solvers import SOLVER_NAMES, get_solver, solver_names
-from .structure import Diagonal
+from . import adjoint, config, costs
+from .adjoint import BACKWARD_MODES as BACKWARD_MODES
+from .solvers import get_solver, solver_names
+from .solvers.pricing import Prediction as Prediction
+from .solvers.pricing import levels as levels
 
 __all__ = ["Candidate", "Plan", "make_plan", "predict", "predict_backward"]
 
@@ -66,6 +52,7 @@ class Candidate:
     work: float = math.nan  # predicted flops
     depth: float = math.nan  # predicted sequential depth (steps or scan levels)
     within_budget: bool = True
+    note: str = ""  # what the solver does (its ``describe(facts)``), when it applies
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +60,7 @@ class Plan:
     """What the emitter builds: forward solver, backward (adjoint) mode, structure, options."""
 
     solver: str
-    backward: str  # "linear" (structure-aware reverse scan), "sequential" (reverse lax.scan of VJPs) or
-    # "autodiff" (no implicit adjoint: JAX differentiates the exact forward solver)
+    backward: str  # the adjoint strategy of ``autopar.adjoint``: "linear", "sequential" or "autodiff"
     structure: Any
     candidates: tuple[Candidate, ...]
     reason: str
@@ -104,101 +90,14 @@ def parallel_blockers(facts: Any, rec: Any) -> list[str]:
 
 
 # ---- the cost model ------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-    time: float
-    memory: float
-    iterations: float
-    work: float
-    depth: float
-
-
-def _sizes(rec):
-    T, D = max(int(rec.length), 1), int(rec.size)
-    dt = np.dtype(rec.layout.vec_dtype)
-    isz = dt.itemsize
-    cplx = 4.0 if np.issubdtype(dt, np.complexfloating) else 1.0  # real flops per complex multiply-add
-    xb = float(sum(int(np.prod(a.shape, dtype=np.int64)) * np.dtype(a.dtype).itemsize for a in rec.x_avals))
-    # consts may be tracers (a cell closing over values of an outer jit): read shapes/dtypes only
-    const_floats = float(sum(int(np.prod(np.shape(c), dtype=np.int64)) for c in rec.consts
-                             if np.issubdtype(np.dtype(getattr(c, "dtype", np.float32)), np.inexact)))
-    return T, D, isz, cplx, xb, const_floats
-
-
-def _seq_step_ops(rec, K) -> float:
-    """Seconds of fixed per-op cost in one sequential step."""
-    real, cplx = costs.step_ops(rec.step_jaxpr)
-    return (real + K.complex_op_factor * cplx) * K.op_overhead
-
-
-def levels(T: int) -> int:
-    """Sequential depth of ``lax.associative_scan`` over T elements (up- and down-sweep)."""
-    return 2 * math.ceil(math.log2(T)) if T > 1 else 1
-
-
-def _extract(T, D, fl, st, isz, xb, K):
-    """Linearise the step at T points (vmapped): one primal + n_jvps tangents."""
-    work = T * fl * (1 + st.n_jvps)
-    traffic = T * (xb + (D + st.floats()) * isz)
-    return work / K.par_flops + traffic / K.bytes_per_s, work
-
-
-def _scan(T, D, st, isz, cplx, K):
-    work = 2.0 * T * (st.compose_flops() + st.matvec_flops() + D) * cplx
-    elems = st.floats() + D + st.scan_elements()
-    t = levels(T) * K.level_overhead + T * elems * K.scan_elem_time * (isz / 4) + work / K.par_flops
-    return t, work
-
-
 def predict(name: str, facts: Any, rec: Any, K: costs.BackendConstants) -> Prediction:
     """Predicted time, memory, iterations, work and depth of solver ``name`` on this recurrence."""
-    T, D, isz, cplx, xb, _ = _sizes(rec)
-    st = facts["structure"]
-    fl = float(facts.get("step_flops", 1.0)) * cplx
-    if name == "sequential":
-        t = T * (K.step_overhead + _seq_step_ops(rec, K) + fl / K.seq_flops + (D * isz + xb) / K.bytes_per_s)
-        return Prediction(t, T * D * isz, 1.0, T * fl, float(T))
-    solver = get_solver(name)
-    custom = getattr(solver, "predict_cost", None)
-    if callable(custom):
-        t, m, it = custom(facts, rec, K)
-        return Prediction(float(t), float(m), float(it), math.nan, math.nan)
-    quasi = name.startswith("quasi")
-    # quasi solvers read only diag(J) (one structured pass, ~ a JVP), whatever the structure
-    t_ex, w_ex = _extract(T, D, fl, Diagonal(D) if quasi else st, isz, xb, K)
-    if name == "linear":
-        t_sc, w_sc = _scan(T, D, st, isz, cplx, K)
-        mem = 3.0 * T * (st.floats() + D) * isz
-        return Prediction(K.parallel_overhead + t_ex + t_sc, mem, 1.0, w_ex + w_sc, float(levels(T)))
-    # Newton family
-    iters = float(solver.predict_iterations(facts, rec))
-    scan_st = Diagonal(D) if quasi else st
-    n_scans = 3.0 if "elk" in name else 1.0
-    t_sc, w_sc = _scan(T, D, scan_st, isz, cplx, K)
-    t_res = T * fl / K.par_flops + T * (xb + 2 * D * isz) / K.bytes_per_s
-    per_iter = t_ex + n_scans * t_sc + t_res
-    mem = 3.0 * T * (scan_st.floats() + D) * isz * (2.0 if "elk" in name else 1.0) + 2.0 * T * D * isz
-    return Prediction(K.parallel_overhead + iters * per_iter, mem, iters, iters * (w_ex + n_scans * w_sc + T * fl),
-                      iters * n_scans * levels(T))
+    return get_solver(name).cost(facts, rec, K)
 
 
 def predict_backward(mode: str, facts: Any, rec: Any, K: costs.BackendConstants) -> Prediction:
-    """Predicted cost of the adjoint solve: ``"sequential"`` (reverse lax.scan of VJPs) or ``"linear"``."""
-    T, D, isz, cplx, xb, const_floats = _sizes(rec)
-    st = facts["structure"]
-    fl = float(facts.get("step_flops", 1.0)) * cplx
-    if mode == "sequential":
-        # each step: one VJP (≈ 3 step evaluations) and the accumulation of the consts' cotangents
-        # the reverse loop body does not fuse like a forward step: price it per VJP equation
-        body = max(2.0 * _seq_step_ops(rec, K), facts.get("vjp_eqns", 0) * K.vjp_eqn_time * cplx)
-        per = (K.step_overhead + body + (3.0 * fl + const_floats * cplx) / K.seq_flops
-               + (2 * D * isz + 2 * xb) / K.bytes_per_s)
-        return Prediction(T * per, 2.0 * T * D * isz + T * xb, 1.0, T * (3 * fl + const_floats), float(T))
-    t_ex, w_ex = _extract(T, D, fl, st, isz, xb, K)
-    t_sc, w_sc = _scan(T, D, st, isz, cplx, K)
-    t_vjp = 3.0 * T * fl / K.par_flops + T * (2 * xb + 3 * D * isz) / K.bytes_per_s
-    mem = 3.0 * T * (st.floats() + D) * isz + T * xb
-    return Prediction(K.parallel_overhead + t_ex + t_sc + t_vjp, mem, 1.0, w_ex + w_sc + 3 * T * fl, float(levels(T)))
+    """Predicted cost of the adjoint solve ``mode`` (``"linear"``, ``"sequential"``, …: ``autopar.adjoint``)."""
+    return adjoint.get_adjoint(mode).cost(facts, rec, K)
 
 
 # ---- the choice ------------------------------------------------------------------------
@@ -251,20 +150,22 @@ def make_plan(rec: Any, facts: Any, solver: str = "auto", backend: str | None = 
         if ok and s.parallel and blockers:
             ok, why = False, "; ".join(blockers)
         if ok:
-            p = predict(name, facts, rec, K)
+            p = s.cost(facts, rec, K)
             fits = not (p.memory > budget)
             if not fits:
                 why = f"{why}; but predicted memory {_fmt_bytes(p.memory)} exceeds memory_budget {_fmt_bytes(budget)}"
-            rows.append(Candidate(name, True, p.time, p.memory, p.iterations, why, False, p.work, p.depth, fits))
+            rows.append(Candidate(name, True, p.time, p.memory, p.iterations, why, False, p.work, p.depth, fits,
+                                  s.describe(facts)))
         else:
             rows.append(Candidate(name, False, math.nan, math.nan, math.nan, why))
 
     if solver != "auto":
         row = next(r for r in rows if r.solver == solver)
         if not row.applies:
+            usable = ", ".join(repr(r.solver) for r in rows if r.applies)
             raise ValueError(
                 f"solver={solver!r} does not apply to this cell: {row.reason}. "
-                "Use solver='auto' to let autopar choose, or solver='sequential'."
+                f"Use solver='auto' to let autopar choose, or one that applies: {usable}."
             )
         if not row.within_budget:
             warnings.warn(
@@ -291,73 +192,51 @@ def make_plan(rec: Any, facts: Any, solver: str = "auto", backend: str | None = 
         chosen, forced = best.solver, False
     rows = tuple(dataclasses.replace(r, chosen=(r.solver == chosen)) for r in rows)
 
-    backward, breason = _backward_mode(options.get("backward", "auto"), chosen, rec, facts, K, blockers, budget)
+    backward, breason = _backward_mode(options.get("backward", "auto"), get_solver(chosen), rec, facts, K, blockers,
+                                       budget)
     discrete = "affine-scan" if facts.get("discrete_affine") else "sequential"
     return Plan(chosen, backward, facts["structure"], rows, reason, backend, options, forced, budget, breason, K, discrete)
 
 
-BACKWARD_MODES = ("auto", "linear", "sequential", "autodiff")
-
-
-def per_step_adjoint(facts) -> str:
-    """Why the adjoint must run the cell's own VJP step by step (as lax.scan's gradient does), or "".
-
-    A custom_vjp's backward rule, and the AD rules of rounding (which round the tangents and
-    cotangents themselves), are not a linear map a compact J can hold: the linear adjoint reads J
-    from forward mode and would give the exact derivative of an unrounded / unclipped cell."""
-    why = []
-    if facts.get("custom_vjp"):
-        why.append(f"the cell calls a custom_vjp ({', '.join(facts['custom_vjp'])}) on the state")
-    if facts.get("rounding"):
-        why.append(f"the cell rounds a state-dependent value ({', '.join(facts['rounding'])})")
-    return "; ".join(why) + ": its AD rules apply per step, as in lax.scan's gradient" if why else ""
-_EXACT_SOLVERS = ("sequential", "linear")
-
-
 def _backward_mode(backward, solver, rec, facts, K, blockers, budget) -> tuple[str, str]:
-    """Validate the user's ``backward=`` option and resolve ``"auto"``; returns (mode, reason).
-
-    ``linear``/``sequential`` name how the implicit adjoint is solved; ``autodiff`` turns the
-    implicit adjoint off and lets JAX differentiate the forward solver itself (exact solvers only:
-    it supports forward mode and ``jax.hessian``, at lax.scan's memory cost).
-    """
-    if backward not in BACKWARD_MODES:
-        raise ValueError(f"`backward` must be one of {BACKWARD_MODES}; got {backward!r}.")
-    if backward == "autodiff" and solver not in _EXACT_SOLVERS:
-        raise ValueError(
-            f"backward='autodiff' differentiates through the forward solver, which is only exact for "
-            f"{_EXACT_SOLVERS}; the planned solver is {solver!r}. Pass solver='sequential' (or 'linear' for an "
-            "affine cell) with backward='autodiff', or keep backward='auto' for the implicit adjoint."
-        )
-    if rec.discrete_depends_on_float or rec.size == 0:
+    """Validate the user's ``backward=`` option against the strategies of ``autopar.adjoint`` and
+    resolve ``"auto"``; returns (mode, reason)."""
+    modes = adjoint.backward_modes()
+    if backward not in modes:
+        raise ValueError(f"`backward` must be one of {modes}; got {backward!r}.")
+    if not adjoint.separable(rec) and not solver.parallel:
         # The adjoint needs the float recurrence on its own; JAX differentiates lax.scan directly.
-        if solver == "sequential":
-            return "autodiff", "the float recurrence is not separable (integer leaves read it, or it is empty)"
+        return "autodiff", "the float recurrence is not separable (integer leaves read it, or it is empty)"
+    if backward != "auto":
+        ok, why = adjoint.get_adjoint(backward).applies(facts, rec, blockers, solver)
+        if not ok:
+            others = [n for n in adjoint.adjoint_names()
+                      if n != backward and adjoint.get_adjoint(n).applies(facts, rec, blockers, solver)[0]]
+            hint = "".join(f"backward={n!r} or " for n in others[:1])
+            raise ValueError(f"backward={backward!r} cannot be used: {why}. Use {hint}backward='auto'.")
         return backward, f"forced by backward={backward!r}"
-    per_step = per_step_adjoint(facts)
-    if per_step:
-        if backward == "linear":
-            raise ValueError(f"backward='linear' cannot be used: {per_step}. Use backward='sequential' (or 'auto').")
-        if backward == "auto":
-            return "sequential", per_step
-    if backward == "linear" and blockers:
-        raise ValueError(
-            "backward='linear' needs the adjoint recurrence in a parallel form, but "
-            + "; ".join(blockers) + ". Use backward='sequential' (or 'auto')."
-        )
-    if backward == "auto":
-        return _choose_backward(rec, facts, K, blockers, budget)
-    return backward, f"forced by backward={backward!r}"
-
-
-def _choose_backward(rec, facts, K, blockers, budget) -> tuple[str, str]:
-    """The adjoint is linear whatever the forward solver: pick the cheaper way to solve it."""
-    if blockers:
-        return "sequential", "; ".join(blockers)
-    lin = predict_backward("linear", facts, rec, K)
-    seq = predict_backward("sequential", facts, rec, K)
-    if lin.memory > budget:
-        return "sequential", f"a linear adjoint would need {_fmt_bytes(lin.memory)} > memory_budget"
-    if lin.time < seq.time:
-        return "linear", f"reverse linear scan predicted {_fmt_time(lin.time)} vs reverse lax.scan {_fmt_time(seq.time)}"
-    return "sequential", f"reverse lax.scan predicted {_fmt_time(seq.time)} vs reverse linear scan {_fmt_time(lin.time)}"
+    rows, declined = [], []
+    for name in adjoint.adjoint_names():
+        a = adjoint.get_adjoint(name)
+        if not a.auto:
+            continue
+        ok, why = a.applies(facts, rec, blockers, solver)
+        if ok:
+            rows.append((a, a.cost(facts, rec, K)))
+        else:
+            declined.append(why)
+    if not rows:
+        raise ValueError(f"no adjoint strategy applies to this cell: {'; '.join(declined)}.")
+    fits = [r for r in rows if not r[1].memory > budget]
+    over = [f"a {a.name} adjoint would need {_fmt_bytes(p.memory)} > memory_budget" for a, p in rows if p.memory > budget]
+    if not fits:
+        best = min(rows, key=lambda r: r[1].memory)
+        return best[0].name, f"no adjoint fits memory_budget; {best[0].name} needs the least ({_fmt_bytes(best[1].memory)})"
+    best = min(fits, key=lambda r: (r[1].time, r[1].memory))
+    others = sorted((r for r in fits if r is not best), key=lambda r: r[1].time)
+    if declined or over:
+        return best[0].name, "; ".join(declined + over)
+    if not others:
+        return best[0].name, f"{best[0].description} is the only adjoint that applies"
+    (a, p), (b, q) = best, others[0]
+    return a.name, f"{a.description} predicted {_fmt_time(p.time)} vs {b.description} {_fmt_time(q.time)}"

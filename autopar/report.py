@@ -93,22 +93,10 @@ def summarize_pattern(pattern: np.ndarray) -> str | None:
     return None
 
 
-#: What each built-in solver does, for the candidate table (a solver's own ``applies()`` reason
-#: is kept for the candidates that do not apply: it says why not).
-_SOLVER_NOTES = {
-    "sequential": "lax.scan: always exact; T dependent steps",
-    "deer": "Newton, J in its proven structure ({kind})",
-    "quasi-deer": "Newton with diag(J): cheaper steps, more of them",
-    "elk": "trust-region Newton (Kalman smoother): unstable cells",
-    "quasi-elk": "elk with diag(J), elementwise: unstable cells",
-}
-
-
-def _candidate_reason(c: Any, structure: Any) -> str:
-    note = _SOLVER_NOTES.get(c.solver)
-    if not c.applies or note is None:
-        return c.reason
-    return note.format(kind=structure.kind)
+def _candidate_reason(c: Any) -> str:
+    """What the solver does (its ``describe``) when it applies, else why it does not."""
+    note = getattr(c, "note", "")
+    return note if c.applies and note else c.reason
 
 
 def _formula_lines(formula: str, max_lines: int = 4) -> list[str]:
@@ -276,7 +264,7 @@ class Report:
             applies = "yes" if c.applies else "no"
             lines.append(
                 f"{mark} {c.solver:<{w}} {applies:<7} {_fmt_time(c.time):>10} {_fmt_bytes(c.memory):>12} {iters:>5} "
-                f"{depth:>6} {work:>7}  {_candidate_reason(c, st)}"
+                f"{depth:>6} {work:>7}  {_candidate_reason(c)}"
             )
         budget = getattr(self.plan, "memory_budget", None)
         K = getattr(self.plan, "constants", None)

@@ -181,9 +181,38 @@ def test_package_is_typed_and_calibrate_resolves():
 
 
 def test_help_lists_every_option():
-    from autopar.api import _KNOWN_OPTIONS
+    from autopar.api import _known_options
 
     doc = autopar.parallelize.__doc__
-    for opt in sorted(_KNOWN_OPTIONS | {"solver", "tol", "max_iters", "name"}):
+    for opt in sorted(_known_options() | {"solver", "tol", "max_iters", "name"}):
         assert f"{opt} (" in doc or f"{opt}:" in doc, opt
     assert "Returns:" in autopar.Parallelized.__call__.__doc__ and "return_info=True" in autopar.scan.__doc__
+
+
+def test_explain_and_call_share_one_trace():
+    """explain() after a call at the same signature (or a call after explain()) does not trace the
+    cell again: both read the one cached trace, analysis and plan."""
+    traced = []
+
+    def cell(h, x):
+        traced.append(1)
+        return 0.5 * h + x
+
+    h0, xs = jnp.zeros(3), jnp.ones((5, 3))
+    fn = autopar.parallelize(cell)
+    fn(h0, xs)
+    n = len(traced)
+    assert n >= 1
+    rep = fn.explain(h0, xs)
+    assert len(traced) == n and rep.solver == fn.explain(h0, xs).solver
+    fn(h0, xs)
+    assert len(traced) == n
+    fn.explain(h0, jnp.ones((6, 3)))  # a new signature is traced
+    assert len(traced) > n
+
+    traced.clear()
+    other = autopar.parallelize(cell)
+    rep = other.explain(h0, xs)
+    n = len(traced)
+    hs = other(h0, xs)
+    assert len(traced) == n and hs.shape == (5, 3)

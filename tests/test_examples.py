@@ -21,6 +21,7 @@ QUICK_ARGS = {
     "demo.py": ["--quick"],
     "custom_pass.py": [],
     "custom_kind.py": [],
+    "custom_solver.py": [],
     "train_diag_gru.py": ["--steps", "3"],
 }
 

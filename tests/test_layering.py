@@ -38,14 +38,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: so this list only shrinks; it must end empty.
 KNOWN_CYCLES: list[frozenset[str]] = [
     frozenset({"autopar.passes.linearity", "autopar.passes.rules", "autopar.passes.sparsity"}),
-    frozenset({"autopar.solvers.deer", "autopar.solvers.elk"}),
-    frozenset({"autopar.config", "autopar.costs", "autopar.emit", "autopar.plan"}),
 ]
 #: (importer, imported) layer violations still being removed; same rule as KNOWN_CYCLES.
-KNOWN_VIOLATIONS: set[tuple[str, str]] = {
-    ("autopar.config", "autopar.plan"),
-    ("autopar.costs", "autopar.emit"),
-}
+KNOWN_VIOLATIONS: set[tuple[str, str]] = set()
 
 JAX_INTERNALS = re.compile(r"\bjax\._src\b|\bjax\.extend\b|\bjax\.interpreters\b|\bjax\.core\b|from jax import core\b")
 

@@ -12,7 +12,7 @@ import pytest
 import autopar
 from autopar import costs, plan as plan_mod, trace
 from autopar.passes import analyse
-from autopar.solvers import Solver, base as solvers_base, solver_names
+from autopar.solvers import NewtonSolver, Prediction, Solver, base as solvers_base, register_solver, solver_names
 from tests.oracle import assert_trees_close, scan_states
 
 
@@ -146,7 +146,7 @@ def test_predictions_grow_with_T_and_depth_is_logarithmic():
 
 
 def test_newton_family_prediction_scales_with_predicted_iterations(monkeypatch):
-    class FakeNewton(Solver):
+    class FakeNewton(NewtonSolver):
         name = "test-newton"
         n = 3.0
 
@@ -168,6 +168,45 @@ def test_newton_family_prediction_scales_with_predicted_iterations(monkeypatch):
     assert t6.time - K.parallel_overhead == pytest.approx(2 * (t3.time - K.parallel_overhead))
     row = next(c for c in plan_mod.make_plan(rec, facts, backend="gpu").candidates if c.solver == "test-newton")
     assert row.iterations == 6.0
+
+
+def test_a_solver_is_priced_by_its_own_cost_or_refused(monkeypatch):
+    """A registered solver is never silently priced as a Newton solver: it brings ``cost()`` (or the
+    older ``predict_cost``), subclasses ``NewtonSolver``, or registration says what is missing."""
+
+    class Unpriced(Solver):
+        name = "test-unpriced"
+
+        def applies(self, facts, rec):
+            return True, "applies"
+
+        def predict_iterations(self, facts, rec):  # not a price: Newton's model is opt-in
+            return 2.0
+
+    with pytest.raises(TypeError, match=r"'test-unpriced' defines no cost.*Adding a solver.*NewtonSolver"):
+        register_solver(Unpriced)
+    assert "test-unpriced" not in solver_names()
+
+    class Priced(Unpriced):
+        name = "test-priced"
+        exact = True
+
+        def cost(self, facts, rec, K):
+            return Prediction(1e-9, 8.0, 1.0, 3.0, 2.0)
+
+    monkeypatch.setattr(solvers_base, "_SOLVERS", dict(solvers_base._SOLVERS))
+    register_solver(Priced)
+    cell, h0, xs = tanh_dense(T=64)
+    rec, facts = _analysed(cell, h0, xs)
+    p = plan_mod.make_plan(rec, facts, backend="cpu")
+    row = next(c for c in p.candidates if c.solver == "test-priced")
+    assert (row.time, row.memory, row.iterations, row.work, row.depth) == (1e-9, 8.0, 1.0, 3.0, 2.0)
+    assert p.solver == "test-priced" and row.chosen
+    # exact solvers may be differentiated by JAX itself
+    q = plan_mod.make_plan(rec, facts, "test-priced", options={"backward": "autodiff"})
+    assert q.backward == "autodiff"
+    with pytest.raises(ValueError, match=r"backward='autodiff' cannot be used.*only exact for \['linear', 'sequential', 'test-priced'\]"):
+        plan_mod.make_plan(rec, facts, "deer", options={"backward": "autodiff"})
 
 
 def test_backward_choice_and_override():
@@ -314,6 +353,21 @@ def test_step_flops_and_ops():
     assert costs.step_ops(tiny) == (0.0, 0.0)  # fused by XLA: no per-op overhead
     cp = jax.make_jaxpr(lambda h: h @ W.astype(jnp.complex64))(jnp.ones(16, jnp.complex64))
     assert costs.step_ops(cp) == (0.0, 1.0)
+
+
+def test_sequential_price_reads_the_step_ops_fact_when_present():
+    """The planner prices non-fusable ops from ``facts["step_ops"]`` (the cost pass's count) and
+    counts them off the step's jaxpr only when the analysis did not provide it."""
+    cell, h0, xs = tanh_dense(D=16, T=256)
+    rec, facts = _analysed(cell, h0, xs)
+    K = costs.constants_for("cpu")
+    counted = costs.step_ops(rec.step_jaxpr)
+    base = {k: v for k, v in facts.items() if k != "step_ops"}
+    absent = plan_mod.predict("sequential", base, rec, K)
+    same = plan_mod.predict("sequential", dict(base, step_ops=counted), rec, K)
+    more = plan_mod.predict("sequential", dict(base, step_ops=(counted[0] + 10, counted[1])), rec, K)
+    assert absent == same
+    assert more.time == pytest.approx(absent.time + rec.length * 10 * K.op_overhead)
 
 
 def test_planning_inside_jit_with_traced_closed_over_params():

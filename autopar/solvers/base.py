@@ -2,12 +2,13 @@
 
 A solver computes the trajectory v_1..v_T of ``v_t = f(v_{t-1}, xt_t)`` for a
 ``Problem``; it never differentiates through its own iterations — gradients come
-from ``autopar.emit``'s implicit adjoint, shared by all solvers.
+from the implicit adjoint (``autopar.adjoint``), shared by all solvers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, ClassVar
 
 import jax
@@ -15,7 +16,11 @@ import jax.numpy as jnp
 
 from autopar.structure import Structure
 
-__all__ = ["Problem", "Stats", "Solver", "register_solver", "get_solver", "solver_names", "SOLVER_NAMES"]
+from . import pricing
+from .pricing import Prediction
+
+__all__ = ["Problem", "Stats", "Solver", "NewtonSolver", "Prediction", "register_solver", "get_solver", "solver_names",
+           "solver_options", "SOLVER_NAMES"]
 
 #: Public solver names, in the order the docs list them.
 SOLVER_NAMES = ("auto", "sequential", "linear", "deer", "quasi-deer", "elk", "quasi-elk")
@@ -55,18 +60,44 @@ class Stats:
 
 
 class Solver:
-    """A solver: a name, when it applies, and how to solve."""
+    """A solver, as the planner and the emitter see it. The planner loops over the registry and
+    reads only these members; it never names a solver.
+
+    * ``applies(facts, rec) -> (ok, reason)``: whether it solves this recurrence exactly (or to
+      tolerance), and why (not). ``parallel`` solvers are also declined when the recurrence has
+      no parallel form (``autopar.plan.parallel_blockers``).
+    * ``cost(facts, rec, K) -> Prediction``: predicted time, memory, iterations, work and depth
+      with the backend constants ``K`` (build it from ``autopar.solvers.pricing``).
+    * ``exact``: the result is the recurrence's solution without a tolerance (JAX may then
+      differentiate the solver itself: ``backward="autodiff"``).
+    * ``chain()``: the solvers it falls back to, itself first (``Info.solver`` indexes it).
+    * ``options``: the ``parallelize`` options it reads (accepted for any registered solver).
+    * ``description``: what it does, one line for ``explain()``'s candidate table.
+    * ``solve(problem) -> (trajectory, Stats)``: never differentiated by JAX unless ``exact``.
+    """
 
     name: ClassVar[str] = ""
     parallel: ClassVar[bool] = True
+    exact: ClassVar[bool] = False
+    options: ClassVar[frozenset] = frozenset()
+    description: ClassVar[str] = ""
 
     def applies(self, facts: Any, rec: Any) -> tuple[bool, str]:
         """(usable, reason) for this recurrence."""
         raise NotImplementedError
 
-    def predict_iterations(self, facts: Any, rec: Any) -> float:
-        """Iterations the planner should expect (1 for direct solvers)."""
-        return 1.0
+    def cost(self, facts: Any, rec: Any, K: Any) -> Prediction:
+        """The planner's prediction for this solver. The default reads the older hook
+        ``predict_cost(facts, rec, K) -> (seconds, bytes, iterations)`` (work and depth unknown)."""
+        legacy = getattr(self, "predict_cost", None)
+        if callable(legacy):
+            t, m, it = legacy(facts, rec, K)
+            return Prediction(float(t), float(m), float(it), math.nan, math.nan)
+        raise NotImplementedError(_NO_COST.format(name=self.name))
+
+    def describe(self, facts: Any) -> str:
+        """The candidate table's line for this solver when it applies ("" shows its applies reason)."""
+        return self.description
 
     def chain(self) -> tuple[str, ...]:
         """Names of the solvers this one may fall back to, itself first."""
@@ -76,11 +107,49 @@ class Solver:
         raise NotImplementedError
 
 
+_NO_COST = ("solver {name!r} defines no cost(facts, rec, K): the planner cannot price it. Define cost() "
+            "returning autopar.solvers.Prediction (see 'Adding a solver' in docs/solvers.md), or subclass "
+            "autopar.solvers.NewtonSolver to be priced as a Newton-family solver.")
+
+
+class NewtonSolver(Solver):
+    """The Newton family (deer, quasi-deer, elk, quasi-elk, and user solvers that subclass it):
+    iterations on the whole trajectory, each an extraction of J, ``scans`` structured scans and a
+    residual (``pricing.newton``). ``quasi`` solvers read and scan diag(J) only."""
+
+    quasi: ClassVar[bool] = False
+    scans: ClassVar[float] = 1.0  # structured scans per iteration
+    copies: ClassVar[float] = 1.0  # sets of scan factors alive at once
+    iteration_factor: ClassVar[float] = 1.0  # × the family's predicted iterations
+    options = frozenset({"init", "picard_warmup", "fallback", "unroll"})  # unroll: the lax.scan fallback
+
+    def applies(self, facts, rec):
+        dt = jnp.dtype(rec.layout.vec_dtype)
+        if not jnp.issubdtype(dt, jnp.inexact):
+            return False, f"the state dtype {dt} is not floating point"
+        return True, "Newton on the whole trajectory; converges for any real (or holomorphic complex) cell"
+
+    def predict_iterations(self, facts: Any, rec: Any) -> float:
+        """Iterations the planner should expect."""
+        return self.iteration_factor * pricing.newton_iterations(facts, self.quasi)
+
+    def cost(self, facts, rec, K):
+        iters = float(self.predict_iterations(facts, rec))
+        return pricing.newton(facts, rec, K, iters, quasi=self.quasi, scans=self.scans, copies=self.copies)
+
+
 _SOLVERS: dict[str, Solver] = {}
 
 
 def register_solver(solver: Solver | type, *, override: bool = False):
+    """Add ``solver`` (an instance, or a class to instantiate) to the registry the planner loops
+    over; usable as a class decorator. It must say how it is priced: a ``cost()`` of its own
+    (or the older ``predict_cost``), or the Newton model by subclassing ``NewtonSolver``."""
     inst = solver() if isinstance(solver, type) else solver
+    if not inst.name:
+        raise ValueError(f"{type(inst).__name__} has no `name`: set the class attribute name = '...'.")
+    if type(inst).cost is Solver.cost and not callable(getattr(inst, "predict_cost", None)):
+        raise TypeError(_NO_COST.format(name=inst.name))
     if inst.name in _SOLVERS and not override:
         raise ValueError(f"a solver named {inst.name!r} is already registered; pass override=True to replace it.")
     _SOLVERS[inst.name] = inst
@@ -89,6 +158,11 @@ def register_solver(solver: Solver | type, *, override: bool = False):
 
 def solver_names() -> list[str]:
     return list(_SOLVERS)
+
+
+def solver_options() -> frozenset:
+    """Every option some registered solver reads."""
+    return frozenset().union(*(s.options for s in _SOLVERS.values()))
 
 
 def get_solver(name: str) -> Solver:
@@ -103,3 +177,9 @@ def get_solver(name: str) -> Solver:
 
 def converged_stats(iterations: int = 1) -> Stats:
     return Stats(jnp.asarray(iterations, jnp.int32), jnp.asarray(True))
+
+
+def empty_stats() -> Stats:
+    """An iterative solver's stats for T = 0 (no iterations, a NaN residual history)."""
+    return Stats(jnp.asarray(0, jnp.int32), jnp.asarray(True), jnp.asarray(0, jnp.int32),
+                 jnp.zeros((1,), jnp.float32) * jnp.nan)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from autopar.structure import Diagonal
 
 from . import convergence as cv
-from .base import Problem, Solver, register_solver
+from .base import NewtonSolver, Problem, empty_stats, register_solver
 from .linear import linearize_steps, newton_update
 
 __all__ = ["Deer", "QuasiDeer", "newton_stage"]
@@ -84,39 +84,15 @@ def newton_stage(linearize, structure, tol: float, max_iters: int):
     return stage
 
 
-def _predict(facts, quasi: bool) -> float:
-    degree = facts.get("degree", "nonlinear")
-    st = facts.get("structure")
-    exact_diag = st is not None and st.is_diagonal
-    if degree in ("constant", "affine"):
-        base = 2.0  # one step, one check
-    elif degree == "piecewise-linear":
-        base = 4.0
-    else:
-        base = 8.0
-    if quasi and not exact_diag:
-        base *= 3.0  # linear rather than quadratic convergence
-    return base
-
-
-def _applies(facts, rec):
-    dt = jnp.dtype(rec.layout.vec_dtype)
-    if not jnp.issubdtype(dt, jnp.inexact):
-        return False, f"the state dtype {dt} is not floating point"
-    return True, "Newton on the whole trajectory; converges for any real (or holomorphic complex) cell"
-
-
 @register_solver
-class Deer(Solver):
+class Deer(NewtonSolver):
     """Newton (DEER) with J_t in the proven structure; falls back to elk, then sequential."""
 
     name = "deer"
+    options = NewtonSolver.options | {"damping"}  # its chain runs elk
 
-    def applies(self, facts, rec):
-        return _applies(facts, rec)
-
-    def predict_iterations(self, facts, rec):
-        return _predict(facts, quasi=False)
+    def describe(self, facts):
+        return f"Newton, J in its proven structure ({facts['structure'].kind})"
 
     def chain(self):
         return ("deer", "elk", "sequential")
@@ -139,16 +115,13 @@ class Deer(Solver):
 
 
 @register_solver
-class QuasiDeer(Solver):
+class QuasiDeer(NewtonSolver):
     """quasi-DEER: Newton with diag(J_t) (elementwise scans); falls back to quasi-elk, then sequential."""
 
     name = "quasi-deer"
-
-    def applies(self, facts, rec):
-        return _applies(facts, rec)
-
-    def predict_iterations(self, facts, rec):
-        return _predict(facts, quasi=True)
+    quasi = True
+    options = Deer.options
+    description = "Newton with diag(J): cheaper steps, more of them"
 
     def chain(self):
         return ("quasi-deer", "quasi-elk", "sequential")
@@ -173,12 +146,6 @@ class QuasiDeer(Solver):
 
 def _solve(solver, problem: Problem):
     if problem.length == 0:
-        return jnp.zeros((0, problem.v0.shape[0]), problem.dtype), cv_empty_stats()
+        return jnp.zeros((0, problem.v0.shape[0]), problem.dtype), empty_stats()
     stages, iters = solver.stages(problem)
     return cv.run_chain(problem, stages, cv.history_length(problem, iters))
-
-
-def cv_empty_stats():
-    from .base import Stats
-
-    return Stats(jnp.asarray(0, jnp.int32), jnp.asarray(True), jnp.asarray(0, jnp.int32), jnp.zeros((1,), jnp.float32) * jnp.nan)

@@ -66,7 +66,7 @@ import jax.numpy as jnp
 from autopar.structure import Diagonal
 
 from . import convergence as cv
-from .base import Problem, Solver, register_solver
+from .base import NewtonSolver, Problem, empty_stats, register_solver
 from .linear import linearize_steps, newton_update
 
 __all__ = ["Elk", "QuasiElk", "elk_stage", "kalman_step", "Blocks"]
@@ -256,35 +256,18 @@ def elk_stage(problem: Problem, quasi: bool):
     return stage
 
 
-def _applies(facts, rec):
-    from .deer import _applies as a
-
-    return a(facts, rec)
-
-
-def _predict(facts, quasi):
-    from .deer import _predict as p
-
-    return 1.5 * p(facts, quasi)
-
-
-class _ElkBase(Solver):
-    quasi = False
-
-    def applies(self, facts, rec):
-        return _applies(facts, rec)
-
-    def predict_iterations(self, facts, rec):
-        return _predict(facts, self.quasi)
+class _ElkBase(NewtonSolver):
+    scans = 3.0  # a parallel Kalman smoother: about three scans per iteration
+    copies = 2.0  # the filter's elements and the smoother's
+    iteration_factor = 1.5  # damped (trust-region) steps: more of them than Newton's
+    options = NewtonSolver.options | {"damping"}
 
     def chain(self):
         return (self.name, "sequential")
 
     def solve(self, problem: Problem):
         if problem.length == 0:
-            from .deer import cv_empty_stats
-
-            return jnp.zeros((0, problem.v0.shape[0]), problem.dtype), cv_empty_stats()
+            return jnp.zeros((0, problem.v0.shape[0]), problem.dtype), empty_stats()
         m = cv.options_max_iters(problem, ELK_MAX_ITERS)
         stages = [elk_stage(problem, self.quasi), cv.sequential_stage]
         return cv.run_chain(problem, stages, m + 1)
@@ -295,6 +278,7 @@ class Elk(_ElkBase):
     """Levenberg–Marquardt Newton with a parallel Kalman smoother, J_t in the proven structure."""
 
     name = "elk"
+    description = "trust-region Newton (Kalman smoother): unstable cells"
 
 
 @register_solver
@@ -303,3 +287,4 @@ class QuasiElk(_ElkBase):
 
     name = "quasi-elk"
     quasi = True
+    description = "elk with diag(J), elementwise: unstable cells"

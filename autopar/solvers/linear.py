@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from autopar.structure import Structure
 
+from . import pricing
 from .base import Problem, Solver, converged_stats, register_solver
 
 __all__ = ["linearize_steps", "linear_scan", "newton_update", "Linear"]
@@ -62,11 +63,21 @@ def newton_update(structure: Structure, v0, prev, fv, a):
 @register_solver
 class Linear(Solver):
     name = "linear"
+    exact = True
 
     def applies(self, facts, rec):
         if not facts.get("linear", False):
             return False, f"the cell is {facts.get('degree', 'not proven affine')} in h, not affine"
         return True, "the cell is affine in h: exact in one scan"
+
+    def cost(self, facts, rec, K):
+        """One extraction and one scan in the proven structure; depth levels(T)."""
+        T, D, isz, cplx, xb, _ = pricing.sizes(rec)
+        st = facts["structure"]
+        t_ex, w_ex = pricing.extraction(T, D, pricing.flops(facts, cplx), st, isz, xb, K)
+        t_sc, w_sc = pricing.scan(T, D, st, isz, cplx, K)
+        mem = 3.0 * T * (st.floats() + D) * isz
+        return pricing.Prediction(K.parallel_overhead + t_ex + t_sc, mem, 1.0, w_ex + w_sc, float(pricing.levels(T)))
 
     def solve(self, problem: Problem):
         T, D = problem.length, problem.v0.shape[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 
+from . import pricing
 from .base import Problem, Solver, converged_stats, register_solver
 
 
@@ -37,9 +38,20 @@ def sequential_trajectory(f, v0, xt, length=None, leaves=None, unroll=1):
 class Sequential(Solver):
     name = "sequential"
     parallel = False
+    exact = True
+    options = frozenset({"unroll"})
+    description = "lax.scan: always exact; T dependent steps"
 
     def applies(self, facts, rec):
         return True, "always exact"
+
+    def cost(self, facts, rec, K):
+        """T dependent steps, each ``pricing.seq_step_ops`` + its flops at ``K.seq_flops`` + its traffic."""
+        T, D, isz, cplx, xb, _ = pricing.sizes(rec)
+        fl = pricing.flops(facts, cplx)
+        t = T * (K.step_overhead + pricing.seq_step_ops(facts, rec, K) + fl / K.seq_flops
+                 + (D * isz + xb) / K.bytes_per_s)
+        return pricing.Prediction(t, T * D * isz, 1.0, T * fl, float(T))
 
     def solve(self, problem: Problem):
         vs = sequential_trajectory(problem.f, problem.v0, problem.xt, problem.length, problem.leaves,

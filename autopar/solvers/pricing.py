@@ -1,0 +1,130 @@
+r"""The cost model's shared parts, which every solver's and adjoint's ``cost()`` is built from.
+
+T steps, D state floats, f the flops of one step, s the compact floats of one J_t, c its
+compose flops, m its matvec flops, K the backend constants of ``autopar.costs``; bytes are
+streamed at ``K.bytes_per_s``:
+
+* one sequential step: ``K.step_overhead + n_ops·K.op_overhead + f / K.seq_flops + bytes_t / K.bytes_per_s``
+  where n_ops counts the step's non-fusable ops (dots, reductions, gathers; complex ones weigh
+  ``K.complex_op_factor``) — ``seq_step_ops``;
+* ``extraction``: the step linearised and vmapped over T, one primal and ``n_jvps`` tangents,
+  ``T·f·(1 + n_jvps) / K.par_flops`` plus its traffic;
+* ``scan``: the associative scan, ``levels(T)·K.level_overhead + T·(s + D)·K.scan_elem_time
+  + 2T·(c + m) / K.par_flops`` with ``levels(T) = 2⌈log₂T⌉``;
+* ``residual``: one vmapped evaluation of the step, ``T·f / K.par_flops`` plus its traffic;
+* ``newton``: the Newton family, ``iters × (extraction + scans·scan + residual)``; a quasi
+  variant reads and scans diag(J) only.
+
+Memory is the peak a solver keeps alive; a parallel one holds its compact factors and offsets
+with the scan's temporaries, ≈ 3·T·(s + D) floats.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from autopar import costs
+from autopar.structure import Diagonal
+
+__all__ = ["Prediction", "levels", "sizes", "flops", "seq_step_ops", "extraction", "scan", "residual",
+           "newton_iterations", "newton"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """What ``cost()`` predicts: seconds, peak bytes, iterations, flops and sequential depth."""
+
+    time: float
+    memory: float
+    iterations: float
+    work: float
+    depth: float
+
+
+def sizes(rec):
+    """(T, D, itemsize, real flops per complex multiply-add, x bytes per step, float consts)."""
+    T, D = max(int(rec.length), 1), int(rec.size)
+    dt = np.dtype(rec.layout.vec_dtype)
+    isz = dt.itemsize
+    cplx = 4.0 if np.issubdtype(dt, np.complexfloating) else 1.0  # real flops per complex multiply-add
+    xb = float(sum(int(np.prod(a.shape, dtype=np.int64)) * np.dtype(a.dtype).itemsize for a in rec.x_avals))
+    # consts may be tracers (a cell closing over values of an outer jit): read shapes/dtypes only
+    const_floats = float(sum(int(np.prod(np.shape(c), dtype=np.int64)) for c in rec.consts
+                             if np.issubdtype(np.dtype(getattr(c, "dtype", np.float32)), np.inexact)))
+    return T, D, isz, cplx, xb, const_floats
+
+
+def flops(facts: Any, cplx: float) -> float:
+    """Real flops of one step (``facts["step_flops"]``, complex ones weighed ``cplx``)."""
+    return float(facts.get("step_flops", 1.0)) * cplx
+
+
+def seq_step_ops(facts: Any, rec: Any, K) -> float:
+    """Seconds of fixed per-op cost in one sequential step (``facts["step_ops"]`` when the
+    analysis provides it, else counted off the step's jaxpr)."""
+    ops = facts.get("step_ops")
+    real, cplx = ops if ops is not None else costs.step_ops(rec.step_jaxpr)
+    return (real + K.complex_op_factor * cplx) * K.op_overhead
+
+
+def levels(T: int) -> int:
+    """Sequential depth of ``lax.associative_scan`` over T elements (up- and down-sweep)."""
+    return 2 * math.ceil(math.log2(T)) if T > 1 else 1
+
+
+def extraction(T, D, fl, st, isz, xb, K):
+    """Linearise the step at T points (vmapped): one primal + n_jvps tangents. (seconds, flops)"""
+    work = T * fl * (1 + st.n_jvps)
+    traffic = T * (xb + (D + st.floats()) * isz)
+    return work / K.par_flops + traffic / K.bytes_per_s, work
+
+
+def scan(T, D, st, isz, cplx, K):
+    """One associative scan of T compact factors in structure ``st``. (seconds, flops)"""
+    work = 2.0 * T * (st.compose_flops() + st.matvec_flops() + D) * cplx
+    elems = st.floats() + D + st.scan_elements()
+    t = levels(T) * K.level_overhead + T * elems * K.scan_elem_time * (isz / 4) + work / K.par_flops
+    return t, work
+
+
+def residual(T, D, fl, isz, xb, K):
+    """Seconds of one vmapped evaluation of the step over T (the residual of an iterate)."""
+    return T * fl / K.par_flops + T * (xb + 2 * D * isz) / K.bytes_per_s
+
+
+def newton_iterations(facts, quasi: bool) -> float:
+    """Iterations a Newton-family solver should expect, from the degree and structure of the cell."""
+    degree = facts.get("degree", "nonlinear")
+    st = facts.get("structure")
+    exact_diag = st is not None and st.is_diagonal
+    if degree in ("constant", "affine"):
+        base = 2.0  # one step, one check
+    elif degree == "piecewise-linear":
+        base = 4.0
+    else:
+        base = 8.0
+    if quasi and not exact_diag:
+        base *= 3.0  # linear rather than quadratic convergence
+    return base
+
+
+def newton(facts, rec, K, iters: float, *, quasi: bool, scans: float = 1.0, copies: float = 1.0) -> Prediction:
+    """``iters`` Newton iterations, each an extraction, ``scans`` scans and one residual.
+
+    ``quasi``: J is read and scanned as diag(J) (one structured pass, ~ a JVP) whatever the
+    structure; ``copies``: how many sets of scan factors the iteration keeps alive (a Kalman
+    smoother keeps its filter's as well as its own)."""
+    T, D, isz, cplx, xb, _ = sizes(rec)
+    st = facts["structure"]
+    fl = flops(facts, cplx)
+    scan_st = Diagonal(D) if quasi else st
+    t_ex, w_ex = extraction(T, D, fl, scan_st, isz, xb, K)
+    t_sc, w_sc = scan(T, D, scan_st, isz, cplx, K)
+    per_iter = t_ex + scans * t_sc + residual(T, D, fl, isz, xb, K)
+    mem = 3.0 * T * (scan_st.floats() + D) * isz * copies + 2.0 * T * D * isz
+    return Prediction(K.parallel_overhead + iters * per_iter, mem, iters, iters * (w_ex + scans * w_sc + T * fl),
+                      iters * scans * levels(T))

@@ -38,7 +38,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 #: so this list only shrinks; it must end empty.
 KNOWN_CYCLES: list[frozenset[str]] = [
     frozenset({"autopar.passes.linearity", "autopar.passes.rules", "autopar.passes.sparsity"}),
-    frozenset({"autopar.solvers.deer", "autopar.solvers.elk"}),
     frozenset({"autopar.config", "autopar.costs", "autopar.emit", "autopar.plan"}),
     frozenset({"autopar.passes.matrix_state", "autopar.structure_matrix"}),
 ]

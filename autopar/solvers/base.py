@@ -15,6 +15,8 @@ import jax.numpy as jnp
 
 from autopar.structure import Structure
 
+from .result import Result
+
 __all__ = ["Problem", "Stats", "Solver", "register_solver", "get_solver", "solver_names", "SOLVER_NAMES"]
 
 #: Public solver names, in the order the docs list them.
@@ -52,6 +54,7 @@ class Stats:
     converged: Any
     solver_index: Any = 0  # index into the solver's fallback chain actually used
     history: Any = None  # per-iteration residuals, padded with NaN
+    result: Any = Result.converged  # int32 ``Result`` code: how the solve ended
 
 
 class Solver:

@@ -21,6 +21,7 @@ from .errors import AutoparError as AutoparError
 from .errors import FallbackWarning as FallbackWarning
 from .report import Report as Report
 from .solvers import SOLVER_NAMES as SOLVER_NAMES
+from .solvers.result import Result as Result
 
 from . import calibrate as calibrate  # noqa: E402  (the module; callable, see below)
 

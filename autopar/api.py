@@ -255,8 +255,7 @@ class Parallelized:
             hs, info = self._jitted(consts, h0, xs, **kw)
             if return_info:
                 res = self._residual_jitted(consts, h0, xs, hs, key=key, reverse=bool(reverse))
-                # a trajectory with NaN/inf in it is never "converged" (NaN inputs, overflow)
-                info = dataclasses.replace(info, residual=res, converged=info.converged & jnp.isfinite(res))
+                info = info.with_residual(res)
         except TypeError as e:
             if "forward-mode autodiff" in str(e) and "custom_vjp" in str(e):
                 raise AutoparError(FORWARD_MODE_MESSAGE) from e

@@ -26,6 +26,7 @@ from .plan import Plan
 from .solvers import Problem, get_solver
 from .solvers import convergence as cv
 from .solvers.linear import linearize_steps
+from .solvers.result import Result
 
 __all__ = ["Info", "build", "residual"]
 
@@ -33,14 +34,19 @@ __all__ = ["Info", "build", "residual"]
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Info:
-    """What happened in a solve. Array fields are traced values under jit.
+    """What happened in a solve. Array fields are traced values under jit (one per sequence under vmap).
 
-    ``solver`` is the name of the solver that produced the result (after any
-    fallback; ``fallback`` says why); ``iterations`` the total over the stages that ran;
-    ``residual`` (with ``return_info=True``) the per-element one-step defect
-    max_{t,i} |v_{t,i} − f(v_{t−1}, x_t)_i| / (|v_{t,i}| + (|J_t|·|v_{t−1}|)_i); ``converged``
-    that the producing stage met its tolerance and the trajectory is finite
-    (``autopar.solvers.convergence`` has the exact guarantee).
+    ``result`` is how the solve ended, an int32 `autopar.Result` code — ``converged``,
+    ``max_iterations``, ``diverged``, ``nonfinite`` or ``fell_back`` (compare with the members:
+    ``info.result == autopar.Result.fell_back``; ``outcome`` gives the member once concrete).
+    ``solver`` is the name of the solver that produced the result (after any fallback;
+    ``fallback`` says why); ``iterations`` the total over the stages that ran; ``history`` the
+    residual of every iterate across them (NaN padded); ``residual`` (with ``return_info=True``)
+    the per-element one-step defect max_{t,i} |v_{t,i} − f(v_{t−1}, x_t)_i| / (|v_{t,i}| +
+    (|J_t|·|v_{t−1}|)_i); ``converged`` that the producing stage met its tolerance and the
+    trajectory is finite, i.e. ``result`` is ``converged`` or ``fell_back``
+    (``autopar.solvers.convergence`` has the exact guarantee, ``autopar.solvers.newton`` the
+    stopping rules).
     """
 
     solver_index: Any
@@ -48,6 +54,7 @@ class Info:
     converged: Any
     residual: Any
     history: Any = None
+    result: Any = None
     chain: tuple = dataclasses.field(default=(), metadata=dict(static=True))
     planned: str = dataclasses.field(default="", metadata=dict(static=True))
     backward: str = dataclasses.field(default="", metadata=dict(static=True))
@@ -59,6 +66,18 @@ class Info:
             return self.chain[int(self.solver_index)]
         except jax.errors.ConcretizationTypeError:
             return f"<traced: one of {self.chain}>"
+
+    @property
+    def outcome(self) -> Result:
+        """``result`` as an `autopar.Result` member (needs a concrete scalar ``result``)."""
+        return Result(int(self.result))
+
+    def with_residual(self, residual) -> Info:
+        """This Info with ``residual`` filled in (``return_info=True``); a non-finite residual (NaN
+        or inf in the trajectory or in f of it) is never converged: ``result`` becomes ``nonfinite``."""
+        ok = jnp.isfinite(residual)
+        return dataclasses.replace(self, residual=residual, converged=self.converged & ok,
+                                   result=jnp.where(ok, self.result, jnp.asarray(Result.nonfinite, jnp.int32)))
 
     @property
     def fallback(self) -> str | None:
@@ -73,14 +92,24 @@ class Info:
             except Exception:  # noqa: BLE001 - traced
                 return x
 
+        def named(code, name):
+            """A concrete code by name, one name per sequence when batched; traced as is."""
+            try:
+                c = np.asarray(code)
+            except Exception:  # noqa: BLE001 - traced
+                return code
+            return repr(name(int(c))) if c.ndim == 0 else [name(int(i)) for i in c.ravel()]
+
         try:
             why = self.fallback
-        except Exception:  # noqa: BLE001 - traced solver_index
+        except Exception:  # noqa: BLE001 - traced or batched solver_index
             why = None
+        solver = named(self.solver_index, lambda i: self.chain[i])
+        result = named(self.result, lambda i: Result(i).name)
         fell = f", fallback={why!r}" if why else ""
         return (
-            f"Info(solver={self.solver!r}, iterations={show(self.iterations)}, converged={show(self.converged)}, "
-            f"residual={show(self.residual)}, backward={self.backward!r}{fell})"
+            f"Info(solver={solver}, result={result}, iterations={show(self.iterations)}, "
+            f"converged={show(self.converged)}, residual={show(self.residual)}, backward={self.backward!r}{fell})"
         )
 
 
@@ -108,7 +137,8 @@ def make_differentiable_solve(rec, plan: Plan):
         f = lambda v, x: solved(consts, v, x)  # noqa: E731
         problem = Problem(f, v0, xt, structure, rec.length, plan.options, (rec.layout.split, rec.layout.join))
         vs, stats = solver.solve(problem)
-        return vs, (jnp.asarray(stats.solver_index, jnp.int32), stats.iterations, stats.converged, stats.history)
+        return vs, (jnp.asarray(stats.solver_index, jnp.int32), stats.iterations, stats.converged, stats.history,
+                    jnp.asarray(stats.result, jnp.int32))
 
     return strategy.apply(forward, step, structure, exact=solver.exact)
 
@@ -134,7 +164,8 @@ def build(rec, plan: Plan) -> Callable:
                 return (v, disc), (v, disc)
 
             _, (vs, discs) = jax.lax.scan(body, (v0, list(disc0)), list(x_leaves), length=T)
-            stats = (jnp.asarray(0, jnp.int32), jnp.asarray(T, jnp.int32), jnp.asarray(True), None)
+            stats = (jnp.asarray(0, jnp.int32), jnp.asarray(T, jnp.int32), jnp.asarray(True), None,
+                     jnp.asarray(Result.converged, jnp.int32))
         else:
             discs = _discrete_trajectory(rec, plan, consts, v0, disc0, x_leaves)
             disc_prev = [jnp.concatenate([d0[None], d[:-1]], 0) for d0, d in zip(disc0, discs)]
@@ -143,8 +174,11 @@ def build(rec, plan: Plan) -> Callable:
         leaves = jax.vmap(layout.unravel)(vs, list(discs)) if T > 0 else _empty_leaves(layout, discs)
         if plan.forced and len(chain) > 1:
             _warn_on_fallback(stats[0], chain)
-        info = Info(stats[0], stats[1], stats[2], jnp.asarray(jnp.nan, jnp.float32), stats[3], chain, plan.solver,
-                    plan.backward)
+        # a trajectory with NaN / inf in it is never converged, whatever the solver (NaN inputs, overflow)
+        finite = jnp.all(jnp.isfinite(vs))
+        result = jnp.where(finite, stats[4], jnp.asarray(Result.nonfinite, jnp.int32))
+        info = Info(stats[0], stats[1], stats[2] & finite, jnp.asarray(jnp.nan, jnp.float32), stats[3], result, chain,
+                    plan.solver, plan.backward)
         return leaves, info
 
     return run

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 #: (section title, module, names) — the public API, in reading order.
 SECTIONS = [
     ("Making a recurrence parallel", "autopar", ["parallelize", "Parallelized", "scan", "explain"]),
-    ("What happened: reports and solve info", "autopar", ["Report", "Info"]),
+    ("What happened: reports and solve info", "autopar", ["Report", "Info", "Result"]),
     ("Choosing a solver", "autopar.plan", ["make_plan", "Plan", "Candidate", "predict", "predict_backward"]),
     ("Cost model constants and calibration", "autopar.costs",
      ["BackendConstants", "constants_for", "set_constants", "clear_constants", "cache_dir", "cache_path",

@@ -18,6 +18,7 @@ from autopar.structure import Structure
 
 from . import pricing
 from .pricing import Prediction
+from .result import Result
 
 __all__ = ["Problem", "Stats", "Solver", "NewtonSolver", "Prediction", "register_solver", "get_solver", "solver_names",
            "solver_options", "SOLVER_NAMES"]
@@ -57,6 +58,7 @@ class Stats:
     converged: Any
     solver_index: Any = 0  # index into the solver's fallback chain actually used
     history: Any = None  # per-iteration residuals, padded with NaN
+    result: Any = Result.converged  # int32 ``Result`` code: how the solve ended
 
 
 class Solver:
@@ -178,8 +180,3 @@ def get_solver(name: str) -> Solver:
 def converged_stats(iterations: int = 1) -> Stats:
     return Stats(jnp.asarray(iterations, jnp.int32), jnp.asarray(True))
 
-
-def empty_stats() -> Stats:
-    """An iterative solver's stats for T = 0 (no iterations, a NaN residual history)."""
-    return Stats(jnp.asarray(0, jnp.int32), jnp.asarray(True), jnp.asarray(0, jnp.int32),
-                 jnp.zeros((1,), jnp.float32) * jnp.nan)

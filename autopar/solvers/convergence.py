@@ -1,5 +1,5 @@
-r"""Tolerances, stopping rules, initial guesses and the fallback chain shared by the
-iterative (Newton-family) solvers.
+r"""The residual measure, tolerances and initial guesses shared by the iterative
+(Newton-family) solvers.
 
 **Residual, per element.** For a trajectory V = (v_1..v_T) the one-step defect is
 r_t = v_t − f(v_{t−1}, x_t) (v_0 given). Each element is judged against its own scale,
@@ -22,38 +22,16 @@ structure's J (a quasi stage's scale is never larger, so its test is the stricte
 for float64 (≈ 4500·eps, above the rounding floor of a log-depth scan), 1e-2 for
 16-bit floats. Users override with ``tol=``.
 
-**Divergence.** An iterate whose residual is non-finite, or that exceeds
-``DIVERGENCE_FACTOR`` × max(res(V⁰), 1), stops the stage as failed. The best
-iterate seen (lowest residual) is kept; it is what the next stage starts from.
-
-**Fallback chain.** A solver's ``chain()`` lists stages, itself first (e.g.
-deer → elk → sequential). ``run_chain`` runs the first; each later stage runs
-only if every earlier one failed (``lax.cond``), starting from the best iterate
-so far; ``sequential`` is exact and ends every chain. ``Stats.solver_index`` is
-the position in the chain of the stage that produced the result; with
-``fallback=False`` only the first stage runs and a failure is reported as
-``converged=False`` with the best iterate — never as converged.
-
-**Under ``jax.vmap``.** Iterations are *shared* across the batch: a batched
-``lax.while_loop`` runs until every sequence has stopped, but JAX freezes the
-carry of sequences that already stopped, so each sequence's result, iteration
-count and history are its own. A batched ``lax.cond`` evaluates both branches
-and selects, so under vmap a fallback stage costs its full run whenever any
-sequence needed it (results are still selected per sequence).
+The stopping rules that use this measure — the step cap, divergence, non-finite iterates —
+and the fallback chain live in the Newton driver, ``autopar.solvers.newton``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
-
 import jax
 import jax.numpy as jnp
-import numpy as np
-
-from .sequential import sequential_trajectory
 
 __all__ = [
-    "DIVERGENCE_FACTOR",
     "default_tol",
     "default_max_iters",
     "shift",
@@ -61,12 +39,7 @@ __all__ = [
     "element_scale",
     "stage_residual",
     "initial_guess",
-    "StageResult",
-    "run_chain",
 ]
-
-#: A stage fails when its residual exceeds this factor × max(initial residual, 1).
-DIVERGENCE_FACTOR = 1e4
 
 
 def default_tol(dtype) -> float:
@@ -170,59 +143,5 @@ def initial_guess(problem) -> jax.Array:
     return V.astype(problem.dtype)
 
 
-class StageResult(NamedTuple):
-    """What one stage of a chain returns (all traced arrays)."""
-
-    vs: Any  # best iterate (T, D)
-    converged: Any  # bool scalar: res(vs) <= tol
-    iterations: Any  # int32: iterations this stage ran
-    history: Any  # (H,) residuals of the whole chain so far, NaN padded
-    count: Any  # int32: history entries written so far
-
-
-#: A stage: (problem, V_init, history, count) -> StageResult
-Stage = Callable[[Any, Any, Any, Any], StageResult]
-
-
-def history_length(problem, stage_iters: Sequence[int]) -> int:
-    return int(sum(m + 1 for m in stage_iters))
-
-
-def sequential_stage(problem, V_init, history, count) -> StageResult:
-    vs = sequential_trajectory(problem.f, problem.v0, problem.xt, problem.length, problem.leaves,
-                               unroll=problem.options.get("unroll", 1))
-    return StageResult(vs, jnp.asarray(True), jnp.asarray(0, jnp.int32), history, count)
-
-
-def run_chain(problem, stages: Sequence[Stage], history_len: int):
-    """Run ``stages`` as a fallback chain; returns (vs, converged, iterations, solver_index, history).
-
-    ``iterations`` is the total over the stages that ran (the cost actually paid).
-    """
-    from .base import Stats
-
-    V0 = initial_guess(problem)
-    hist = jnp.full((max(history_len, 1),), jnp.nan, jnp.float32)
-    res = stages[0](problem, V0, hist, jnp.asarray(0, jnp.int32))
-    carry = (res.vs, res.converged, res.iterations, res.history, res.count, jnp.asarray(0, jnp.int32))
-    if problem.options.get("fallback", True) is False:
-        stages = stages[:1]
-    for k, stage in enumerate(stages[1:], start=1):
-
-        def run_next(c, stage=stage, k=k):
-            vs, _, its, h, cnt, _ = c
-            start = jnp.where(jnp.all(jnp.isfinite(vs)), vs, V0)
-            r = stage(problem, start, h, cnt)
-            return (r.vs, r.converged, its + r.iterations, r.history, r.count, jnp.asarray(k, jnp.int32))
-
-        carry = jax.lax.cond(carry[1], lambda c: c, run_next, carry)
-    vs, conv, its, hist, _, idx = carry
-    return vs, Stats(its, conv, idx, hist)
-
-
 def finite(x):
     return jnp.all(jnp.isfinite(x))
-
-
-def np_dtype(x) -> np.dtype:
-    return np.dtype(jnp.asarray(x).dtype)

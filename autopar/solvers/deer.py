@@ -22,66 +22,48 @@ quadratic convergence. The fixed point is the same (the residual is exact; only
 the step is approximate). The diagonal never comes from a dense Jacobian: see
 ``autopar.solvers.quasi.diagonal_steps``.
 
-Both stop on the scale-relative residual (``convergence``), detect non-finite or
-growing residuals, and fall back along ``chain()``: deer → elk → sequential,
-quasi-deer → quasi-elk → sequential.
+Each is an ``Iteration`` (``newton_iteration``) run by the Newton driver
+(``autopar.solvers.newton``), which stops on the scale-relative residual
+(``convergence``), on non-finite or growing residuals, and falls back along
+``chain()``: deer → elk → sequential, quasi-deer → quasi-elk → sequential.
 """
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from autopar.structure import Diagonal
 
 from . import convergence as cv
-from .base import NewtonSolver, Problem, empty_stats, register_solver
+from . import newton
+from .base import NewtonSolver, Problem, register_solver
 from .linear import linearize_steps, newton_update
 
-__all__ = ["Deer", "QuasiDeer", "newton_stage"]
+__all__ = ["Deer", "QuasiDeer", "newton_iteration"]
 
 #: Default iteration caps (the user's ``max_iters`` overrides).
 DEER_MAX_ITERS = 64
 QUASI_MAX_ITERS = 256
 
 
-def newton_stage(linearize, structure, tol: float, max_iters: int):
-    """A chain stage running Newton iterations ``V ← newton_update(...)``.
+def newton_iteration(linearize, structure, v0) -> newton.Iteration:
+    """Newton (DEER) as an ``Iteration`` for the driver: a step is ``newton_update`` (one linear
+    scan) from the iterate's linearisation, then the linearisation at the new iterate, which gives
+    its residual and the next step's J.
 
     ``linearize(prev) -> (f values, compact J)`` in ``structure``.
     """
 
-    def stage(problem: Problem, V, history, count):
-        v0 = problem.v0
+    def init(V):
         prev = cv.shift(v0, V)
         fv, a = linearize(prev)
-        r = cv.stage_residual(structure, a, prev, V, fv)
-        history = history.at[count].set(r)
-        limit = cv.DIVERGENCE_FACTOR * jnp.maximum(r, 1.0)
+        return newton.State(V, cv.stage_residual(structure, a, prev, V, fv), (fv, a))
 
-        def cond(c):
-            i, _, _, _, r, _, best_r, _, _, bad = c
-            return (i < max_iters) & (best_r > tol) & ~bad
+    def step(s):
+        fv, a = s.aux
+        return init(newton_update(structure, v0, cv.shift(v0, s.V), fv, a))
 
-        def body(c):
-            i, V, fv, a, r, best_V, best_r, hist, cnt, bad = c
-            Vn = newton_update(structure, v0, cv.shift(v0, V), fv, a)
-            prevn = cv.shift(v0, Vn)
-            fvn, an = linearize(prevn)
-            rn = cv.stage_residual(structure, an, prevn, Vn, fvn)
-            ok = jnp.isfinite(rn) & cv.finite(Vn)
-            better = rn < best_r
-            best_V = jnp.where(better, Vn, best_V)
-            best_r = jnp.where(better, rn, best_r)
-            hist = hist.at[cnt + 1].set(rn)
-            bad = ~ok | (rn > limit)
-            return (i + 1, Vn, fvn, an, rn, best_V, best_r, hist, cnt + 1, bad)
-
-        init = (jnp.asarray(0, jnp.int32), V, fv, a, r, V, r, history, count, ~jnp.isfinite(r))
-        i, _, _, _, _, best_V, best_r, hist, cnt, _ = jax.lax.while_loop(cond, body, init)
-        return cv.StageResult(best_V, best_r <= tol, i, hist, cnt + 1)
-
-    return stage
+    return newton.Iteration(init, step)
 
 
 @register_solver
@@ -97,21 +79,17 @@ class Deer(NewtonSolver):
     def chain(self):
         return ("deer", "elk", "sequential")
 
-    def stages(self, problem: Problem):
+    def stage(self, problem: Problem) -> newton.Stage:
         st = problem.structure
-        tol = cv.options_tol(problem)
-        m = cv.options_max_iters(problem, DEER_MAX_ITERS)
 
         def linearize(prev):
             return linearize_steps(problem.f, st, prev, problem.xt)
 
-        from .elk import ELK_MAX_ITERS, elk_stage
-
-        m2 = cv.options_max_iters(problem, ELK_MAX_ITERS)
-        return [newton_stage(linearize, st, tol, m), elk_stage(problem, quasi=False), cv.sequential_stage], [m, m2]
+        return newton.newton_stage(self.name, newton_iteration(linearize, st, problem.v0), cv.options_tol(problem),
+                                   cv.options_max_iters(problem, DEER_MAX_ITERS))
 
     def solve(self, problem: Problem):
-        return _solve(self, problem)
+        return newton.solve(self, problem)
 
 
 @register_solver
@@ -126,26 +104,15 @@ class QuasiDeer(NewtonSolver):
     def chain(self):
         return ("quasi-deer", "quasi-elk", "sequential")
 
-    def stages(self, problem: Problem):
-        from .elk import ELK_MAX_ITERS, elk_stage
+    def stage(self, problem: Problem) -> newton.Stage:
         from .quasi import diagonal_steps
-
-        D = problem.v0.shape[0]
-        tol = cv.options_tol(problem)
-        m = cv.options_max_iters(problem, QUASI_MAX_ITERS)
 
         def linearize(prev):
             return diagonal_steps(problem.f, problem.structure, prev, problem.xt)
 
-        m2 = cv.options_max_iters(problem, ELK_MAX_ITERS)
-        return [newton_stage(linearize, Diagonal(D), tol, m), elk_stage(problem, quasi=True), cv.sequential_stage], [m, m2]
+        it = newton_iteration(linearize, Diagonal(problem.v0.shape[0]), problem.v0)
+        return newton.newton_stage(self.name, it, cv.options_tol(problem), cv.options_max_iters(problem, QUASI_MAX_ITERS))
 
     def solve(self, problem: Problem):
-        return _solve(self, problem)
+        return newton.solve(self, problem)
 
-
-def _solve(solver, problem: Problem):
-    if problem.length == 0:
-        return jnp.zeros((0, problem.v0.shape[0]), problem.dtype), empty_stats()
-    stages, iters = solver.stages(problem)
-    return cv.run_chain(problem, stages, cv.history_length(problem, iters))

@@ -52,10 +52,11 @@ memory. Dense J costs O(D³) per combine.
 
 **Trust region.** A step is accepted when it lowers Σ_t ‖r_t‖²; then λ ← λ/4
 (towards Newton), otherwise it is rejected and λ ← 4λ. The initial λ is
-``options['damping']`` (default 0.01). The stage stops when the residual is below
-tolerance, after ``max_iters`` steps (accepted or not), or when λ exceeds 1e12
-(no descent found: failed). Convergence is judged per element (``convergence``); once the
-iterate is near the solution, an undamped Newton step polishes it (kept if it lowers the merit).
+``options['damping']`` (default 0.01). Once the iterate is near the solution, an undamped
+Newton step polishes it (kept if it lowers the merit). ``elk_stage`` is this step for the
+Newton driver (``autopar.solvers.newton``), which stops the stage when the per-element residual
+(``convergence``) is below tolerance, after ``max_iters`` steps (accepted or not), on a
+non-finite residual, or when λ exceeds 1e12 (no descent found: ``Result.diverged``).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ import jax.numpy as jnp
 from autopar.structure import Diagonal
 
 from . import convergence as cv
-from .base import NewtonSolver, Problem, empty_stats, register_solver
+from . import newton
+from .base import NewtonSolver, Problem, register_solver
 from .linear import linearize_steps, newton_update
 
 __all__ = ["Elk", "QuasiElk", "elk_stage", "kalman_step", "Blocks"]
@@ -166,8 +168,10 @@ def kalman_step(F, u, y, x0, lam):
     return jnp.flip(ms, 0)
 
 
-def elk_stage(problem: Problem, quasi: bool):
-    """The LM stage (ELK if ``quasi`` is False, else quasi-ELK) for ``run_chain``."""
+def elk_stage(problem: Problem, quasi: bool) -> newton.Stage:
+    """The LM stage (ELK if ``quasi`` is False, else quasi-ELK) for the Newton driver: a step is one
+    smoother step (``kalman_step``), accepted iff it lowers the merit, with the λ update, then the
+    undamped polish once near the solution; λ past ``LAMBDA_MAX`` stalls the stage."""
     from .quasi import diagonal_steps
 
     st = problem.structure
@@ -206,54 +210,44 @@ def elk_stage(problem: Problem, quasi: bool):
         m = jnp.sum(jnp.abs(V - fv) ** 2).astype(rdt)
         return jnp.where(jnp.isfinite(m), m, jnp.inf)
 
-    def stage(problem_, V, history, count):
+    def init(V):
         fv, a = linearize(cv.shift(v0, V))
-        r = residual(V, fv, a)
-        mer = merit(V, fv)
-        history = history.at[count].set(r)
+        lam = jnp.asarray(lam0, rdt)
+        return newton.State(V, residual(V, fv, a), (fv, a, merit(V, fv), lam), lam >= LAMBDA_MAX)
 
-        def cond(c):
-            i, _, _, _, _, lam, r, _, _ = c
-            return (i < max_iters) & (r > tol) & (lam < LAMBDA_MAX)
+    def polish(args):
+        """One undamped Newton step from V (J and f(V) are at hand). The damped steps converge
+        only linearly and the smoother's rounding floor sits above a plain scan's, so its
+        iterates never reach the floor the per-element rule asks of every element (an exact 0
+        where a relu is off, the last ulps of a running total of 1e6); near the solution
+        Newton is quadratic and one step gets there."""
+        V, fv, a, mer = args
+        Vp = newton_update(a_structure, v0, cv.shift(v0, V), fv, a)
+        fp, ap = linearize(cv.shift(v0, Vp))
+        mp = merit(Vp, fp)
+        take = cv.finite(Vp) & cv.finite(fp) & (mp <= mer)
+        pick = lambda new, old: jnp.where(take, new, old)  # noqa: E731
+        return pick(Vp, V), pick(fp, fv), jax.tree_util.tree_map(pick, ap, a), pick(mp, mer)
 
-        def polish(args):
-            """One undamped Newton step from V (J and f(V) are at hand). The damped steps converge
-            only linearly and the smoother's rounding floor sits above a plain scan's, so its
-            iterates never reach the floor the per-element rule asks of every element (an exact 0
-            where a relu is off, the last ulps of a running total of 1e6); near the solution
-            Newton is quadratic and one step gets there."""
-            V, fv, a, mer = args
-            Vp = newton_update(a_structure, v0, cv.shift(v0, V), fv, a)
-            fp, ap = linearize(cv.shift(v0, Vp))
-            mp = merit(Vp, fp)
-            take = cv.finite(Vp) & cv.finite(fp) & (mp <= mer)
-            pick = lambda new, old: jnp.where(take, new, old)  # noqa: E731
-            return pick(Vp, V), pick(fp, fv), jax.tree_util.tree_map(pick, ap, a), pick(mp, mer)
+    def advance(s):
+        V, (fv, a, mer, lam) = s.V, s.aux
+        cand = step(V, fv, a, lam)
+        fc = cv.f_steps(f, cv.shift(v0, cand), xt)
+        mc = merit(cand, fc)
+        ok = jnp.isfinite(mc) & cv.finite(cand) & cv.finite(fc) & (mc < mer)
+        V = jnp.where(ok, cand, V)
+        fv = jnp.where(ok, fc, fv)
+        mer = jnp.where(ok, mc, mer)
+        a = jax.lax.cond(ok, lambda: linearize(cv.shift(v0, V))[1], lambda: a)
+        lam = jnp.where(ok, jnp.maximum(lam * SHRINK, LAMBDA_MIN), lam * GROW)
+        # near the solution by the trajectory-wide measure: try the Newton polish
+        near = jnp.max(jnp.abs(V - fv)) <= tol * (1.0 + jnp.max(jnp.abs(V)))
+        V, fv, a, mer = jax.lax.cond(near, polish, lambda args: args, (V, fv, a, mer))
+        return newton.State(V, residual(V, fv, a), (fv, a, mer, lam), lam >= LAMBDA_MAX)
 
-        def body(c):
-            i, V, fv, a, mer, lam, _, hist, cnt = c
-            cand = step(V, fv, a, lam)
-            fc = cv.f_steps(f, cv.shift(v0, cand), xt)
-            mc = merit(cand, fc)
-            ok = jnp.isfinite(mc) & cv.finite(cand) & cv.finite(fc) & (mc < mer)
-            V = jnp.where(ok, cand, V)
-            fv = jnp.where(ok, fc, fv)
-            mer = jnp.where(ok, mc, mer)
-            a = jax.lax.cond(ok, lambda: linearize(cv.shift(v0, V))[1], lambda: a)
-            lam = jnp.where(ok, jnp.maximum(lam * SHRINK, LAMBDA_MIN), lam * GROW)
-            # near the solution by the trajectory-wide measure: try the Newton polish
-            near = jnp.max(jnp.abs(V - fv)) <= tol * (1.0 + jnp.max(jnp.abs(V)))
-            V, fv, a, mer = jax.lax.cond(near, polish, lambda args: args, (V, fv, a, mer))
-            rn = residual(V, fv, a)
-            hist = hist.at[cnt + 1].set(rn)
-            return (i + 1, V, fv, a, mer, lam, rn, hist, cnt + 1)
-
-        # Accepted iterates lower the merit monotonically, so the current one is the best so far.
-        init = (jnp.asarray(0, jnp.int32), V, fv, a, mer, jnp.asarray(lam0, rdt), r, history, count)
-        i, V, _, _, _, _, r, hist, cnt = jax.lax.while_loop(cond, body, init)
-        return cv.StageResult(V, r <= tol, i, hist, cnt + 1)
-
-    return stage
+    # Accepted iterates lower the merit monotonically, so the current one is the best so far.
+    return newton.newton_stage("quasi-elk" if quasi else "elk", newton.Iteration(init, advance, monotone=True),
+                               tol, max_iters)
 
 
 class _ElkBase(NewtonSolver):
@@ -265,12 +259,11 @@ class _ElkBase(NewtonSolver):
     def chain(self):
         return (self.name, "sequential")
 
+    def stage(self, problem: Problem) -> newton.Stage:
+        return elk_stage(problem, self.quasi)
+
     def solve(self, problem: Problem):
-        if problem.length == 0:
-            return jnp.zeros((0, problem.v0.shape[0]), problem.dtype), empty_stats()
-        m = cv.options_max_iters(problem, ELK_MAX_ITERS)
-        stages = [elk_stage(problem, self.quasi), cv.sequential_stage]
-        return cv.run_chain(problem, stages, m + 1)
+        return newton.solve(self, problem)
 
 
 @register_solver

@@ -149,7 +149,6 @@ def build(rec, plan: Plan) -> Callable:
     ``Info.residual`` is NaN here: ``residual`` checks a returned trajectory in a program of its own,
     so asking for it never recompiles the solve."""
     layout = rec.layout
-    n_disc = rec.n_discrete
     chain = get_solver(plan.solver).chain()
     T = rec.length
 

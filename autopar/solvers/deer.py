@@ -30,8 +30,6 @@ Each is an ``Iteration`` (``newton_iteration``) run by the Newton driver
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 from autopar.structure import Diagonal
 
 from . import convergence as cv

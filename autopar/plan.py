@@ -212,7 +212,7 @@ def _backward_mode(backward, solver, rec, facts, K, blockers, budget) -> tuple[s
         if not ok:
             others = [n for n in adjoint.adjoint_names()
                       if n != backward and adjoint.get_adjoint(n).applies(facts, rec, blockers, solver)[0]]
-            hint = "".join(f"backward={n!r} or " for n in others[:1])
+            hint = f"backward={others[0]!r} or " if others else ""
             raise ValueError(f"backward={backward!r} cannot be used: {why}. Use {hint}backward='auto'.")
         return backward, f"forced by backward={backward!r}"
     rows, declined = [], []
@@ -234,9 +234,10 @@ def _backward_mode(backward, solver, rec, facts, K, blockers, budget) -> tuple[s
         return best[0].name, f"no adjoint fits memory_budget; {best[0].name} needs the least ({_fmt_bytes(best[1].memory)})"
     best = min(fits, key=lambda r: (r[1].time, r[1].memory))
     others = sorted((r for r in fits if r is not best), key=lambda r: r[1].time)
-    if declined or over:
-        return best[0].name, "; ".join(declined + over)
-    if not others:
-        return best[0].name, f"{best[0].description} is the only adjoint that applies"
-    (a, p), (b, q) = best, others[0]
-    return a.name, f"{a.description} predicted {_fmt_time(p.time)} vs {b.description} {_fmt_time(q.time)}"
+    why = declined + over
+    if others:
+        (a, p), (b, q) = best, others[0]
+        why.append(f"{a.description} predicted {_fmt_time(p.time)} vs {b.description} {_fmt_time(q.time)}")
+    elif not why:
+        why.append(f"{best[0].description} is the only adjoint that applies")
+    return best[0].name, "; ".join(why)

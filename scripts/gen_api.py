@@ -33,7 +33,11 @@ SECTIONS = [
     ("The structure lattice", "autopar.structure",
      ["Structure", "Zero", "Identity", "Scalar", "Diagonal", "Monomial", "BlockDiagonal", "Dense", "from_sparsity",
       "register_kind", "registered_kinds"]),
-    ("Solvers", "autopar.solvers", ["Solver", "Problem", "Stats", "register_solver", "get_solver", "solver_names"]),
+    ("Solvers", "autopar.solvers", ["Solver", "NewtonSolver", "Prediction", "Problem", "Stats", "register_solver",
+                                    "get_solver", "solver_names"]),
+    ("", "autopar.solvers.pricing", ["sizes", "flops", "seq_step_ops", "extraction", "scan", "residual", "levels",
+                                     "newton"]),
+    ("Adjoint strategies (backward=)", "autopar.adjoint", ["Adjoint", "register_adjoint", "backward_modes"]),
     ("Analysis passes", "autopar.passes", ["Pass", "Facts", "PassManager", "register", "analyse"]),
     ("Errors", "autopar", ["AutoparError"]),
 ]

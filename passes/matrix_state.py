@@ -704,6 +704,7 @@ class MatrixStatePass(Pass):
     name = "matrix_state"
     requires = ("structure", "linear")
     provides = ("matrix_state",)
+    refines = ("structure",)
 
     def run(self, rec, facts):
         from autopar.structure_matrix import kronecker_from_factors

@@ -159,7 +159,8 @@ class ColouringPass(Pass):
 
     name = "colouring"
     requires = ("sparsity", "structure")
-    provides = ("colors", "notes")
+    provides = ("colors",)
+    refines = ("notes",)
 
     def run(self, rec, facts):
         S = np.asarray(facts["sparsity"], bool)

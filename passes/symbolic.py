@@ -295,7 +295,8 @@ class SymbolicPass(Pass):
 
     name = "symbolic"
     requires = ("degree",)
-    provides = ("formula", "sympy_affine", "degree", "linear", "degree_detail", "notes")
+    provides = ("formula", "sympy_affine")
+    refines = ("degree", "linear", "degree_detail", "notes")
 
     def run(self, rec, facts):
         out = {"formula": None, "sympy_affine": None}

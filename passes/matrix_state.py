@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autopar import _compat
+from autopar import _compat, primitives
 
 from .base import Pass
 
@@ -426,21 +426,15 @@ def _dot_general(ctx: Ctx, eqn, ins) -> Sym:
 
 
 # ---- provenance of h-independent values (strict mode) ----------------------------------
-_ELEMENTWISE = frozenset(
-    """abs acos acosh add add_any asin asinh atan atan2 atanh cbrt ceil clamp convert_element_type copy copy_p cos cosh
-    div erf erf_inv erfc exp exp2 expm1 floor integer_pow is_finite log log1p logistic max min mul neg nextafter pow
-    reduce_precision rem round rsqrt select_n sign sin sinh sqrt square sub tan tanh""".split()
-)
-
-
 def _uniform_axes(eqn, ins: Sequence[Cst]) -> list[frozenset]:
     outs = []
     name = eqn.primitive.name
+    t = primitives.row(name)
     for ov in eqn.outvars:
         shape = tuple(getattr(ov.aval, "shape", ()))
         size1 = frozenset(i for i, s in enumerate(shape) if s == 1)
         uni = size1
-        if name in _ELEMENTWISE:
+        if t is not None and t.elementwise:
             acc = frozenset(range(len(shape)))
             for a, c in zip(eqn.invars, ins):
                 ashape = tuple(getattr(a.aval, "shape", ()))
@@ -474,31 +468,31 @@ def _uniform_axes(eqn, ins: Sequence[Cst]) -> list[frozenset]:
 
 
 # ---- the interpreter -------------------------------------------------------------------
-_CALLS = _compat.CALL_PRIMITIVES
+class _MatrixState(_compat.Interpreter):
+    """Values: ``Cst`` (h-independent), ``Sym`` / ``Flat`` (the tangent); calls on the tangent are walked."""
+
+    def __init__(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+
+    def literal(self, atom):
+        val = _compat.literal_value(atom)
+        return Cst(val, frozenset(range(np.ndim(val))))
+
+    def const(self, var, c):
+        return c if isinstance(c, (Cst, Sym, Flat)) else Cst(c, frozenset(i for i, s in enumerate(np.shape(c)) if s == 1))
+
+    def enters(self, eqn, ins):
+        return any(_is_sym(v) for v in ins)
+
+    def equation(self, eqn, ins):
+        return _apply(self.ctx, eqn, ins)
 
 
 def interpret(ctx: Ctx, jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> list[Any]:
     """Run ``jaxpr`` with ``args`` (Sym/Flat for the tangent, Cst otherwise)."""
+    it = _MatrixState(ctx)
     jp = jaxpr.jaxpr if isinstance(jaxpr, _compat.ClosedJaxpr) else jaxpr
-    env: dict = {}
-
-    def read(a):
-        if _compat.is_literal(a):
-            val = _compat.literal_value(a)
-            return Cst(val, frozenset(range(np.ndim(val))))
-        return env[a]
-
-    for v, c in zip(jp.constvars, consts):
-        env[v] = c if isinstance(c, (Cst, Sym, Flat)) else Cst(c, frozenset(i for i, s in enumerate(np.shape(c)) if s == 1))
-    for v, a in zip(jp.invars, args):
-        env[v] = a
-    for eqn in jp.eqns:
-        ins = [read(a) for a in eqn.invars]
-        outs = _apply(ctx, eqn, ins)
-        for var, val in zip(eqn.outvars, outs):
-            if not isinstance(var, _compat.DropVar):
-                env[var] = val
-    return [read(v) for v in jp.outvars]
+    return _compat.evaluate(jp, list(args), it, consts=[it.const(v, c) for v, c in zip(jp.constvars, consts)])
 
 
 def _apply(ctx: Ctx, eqn, ins) -> list[Any]:
@@ -507,9 +501,6 @@ def _apply(ctx: Ctx, eqn, ins) -> list[Any]:
         vals = _compat.bind_eqn(eqn, [c.val for c in ins])
         unis = _uniform_axes(eqn, ins) if ctx.strict else [frozenset()] * len(vals)
         return [Cst(v, u) for v, u in zip(vals, unis)]
-    sub = _compat.call_subjaxpr(eqn)
-    if name in _CALLS and sub is not None:
-        return interpret(ctx, sub, sub.consts, ins)
     out_shape = tuple(eqn.outvars[0].aval.shape) if eqn.outvars else ()
     x = ins[0]
     if name in ("add", "add_any", "sub"):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from autopar import _compat
+from autopar import _compat, primitives
 from autopar.structure import BlockDiagonal, Dense, Diagonal, Identity, Scalar, Zero
 
 from .base import Pass
@@ -28,9 +28,6 @@ from .graph import components, greedy_colouring, triangular_blocks
 from .interpret import Domain, propagate
 
 __all__ = ["StructurePass", "HolomorphyPass", "ColouringPass", "structure_from_pattern", "reads_state"]
-
-#: Primitives that are not complex-differentiable when applied to an h-dependent complex value.
-NON_HOLOMORPHIC = frozenset({"real", "imag", "conj", "abs", "sign", "max", "min", "gt", "ge", "lt", "le", "eq", "ne"})
 
 
 class _DependsDomain(Domain):
@@ -64,7 +61,8 @@ class _DependsDomain(Domain):
             complex_to_real = name == "convert_element_type" and complex_in and not np.issubdtype(
                 np.dtype(eqn.params["new_dtype"]), np.complexfloating
             )
-            if complex_in and (name in NON_HOLOMORPHIC or complex_to_real):
+            t = primitives.row(name)
+            if complex_in and ((t is not None and not t.holomorphic) or complex_to_real):
                 self.offenders.add(name)
         return [dep for _ in eqn.outvars]
 

@@ -20,6 +20,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 QUICK_ARGS = {
     "demo.py": ["--quick"],
     "custom_pass.py": [],
+    "custom_rule.py": [],
     "train_diag_gru.py": ["--steps", "3"],
 }
 

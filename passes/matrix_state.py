@@ -501,60 +501,110 @@ def _apply(ctx: Ctx, eqn, ins) -> list[Any]:
         vals = _compat.bind_eqn(eqn, [c.val for c in ins])
         unis = _uniform_axes(eqn, ins) if ctx.strict else [frozenset()] * len(vals)
         return [Cst(v, u) for v, u in zip(vals, unis)]
+    flat = any(isinstance(v, Flat) for v in ins[:2])
+    t = primitives.row(name)
+    # slots of the trait table: "matrix_state" on Sym operands, "matrix_state_flat" on the flat vector
+    rule = None if t is None else t.rules.get("matrix_state_flat" if flat else "matrix_state")
+    if rule is None:
+        _fail(f"primitive {name!r} on the flat state vector" if flat else f"primitive {name!r} applied to the state")
     out_shape = tuple(eqn.outvars[0].aval.shape) if eqn.outvars else ()
+    return rule(ctx, eqn, ins, out_shape)
+
+
+# ---- the ``matrix_state`` slots: rule(ctx, eqn, ins, out_shape) on Sym / Cst operands ---------
+@primitives.defrule("matrix_state", "add", "add_any", "sub")
+def _add_rule(ctx, eqn, ins, out_shape):
+    a, b = ins
+    sub = eqn.primitive.name == "sub"
+    if not _is_sym(a) or not _is_sym(b):
+        s = _broadcast_sym(a if _is_sym(a) else b, out_shape)
+        return [_neg(s, ctx.dtype) if (sub and not _is_sym(a)) else s]
+    return [_add(ctx, a, b, out_shape, sub=sub)]
+
+
+@primitives.defrule("matrix_state", "mul")
+def _mul_rule(ctx, eqn, ins, out_shape):
+    a, b = ins
+    if _is_sym(a) and _is_sym(b):
+        _fail("product of two state-dependent values (not linear)")
+    s, c = (a, b) if _is_sym(a) else (b, a)
+    return [_mul(ctx, s, c, out_shape)]
+
+
+@primitives.defrule("matrix_state", "div")
+def _div_rule(ctx, eqn, ins, out_shape):
+    a, b = ins
+    if _is_sym(b):
+        _fail("division by a state-dependent value (not linear)")
+    return [_mul(ctx, a, b, out_shape, inverse=True)]
+
+
+@primitives.defrule("matrix_state", "neg")
+def _neg_rule(ctx, eqn, ins, out_shape):
+    return [_neg(ins[0], ctx.dtype)]
+
+
+@primitives.defrule("matrix_state", "convert_element_type", "copy", "copy_p")
+def _convert_rule(ctx, eqn, ins, out_shape):
+    _check_rounding(ctx, eqn)
+    return [_convert(ins[0], eqn.outvars[0].aval.dtype)]
+
+
+@primitives.defrule("matrix_state", "transpose")
+def _transpose_rule(ctx, eqn, ins, out_shape):
+    return [_transpose(ins[0], eqn.params["permutation"])]
+
+
+@primitives.defrule("matrix_state", "broadcast_in_dim")
+def _broadcast_rule(ctx, eqn, ins, out_shape):
+    if len(ins) > 1:
+        _fail("dynamic broadcast of the state")
+    return [_broadcast_in_dim(ins[0], eqn.params["shape"], eqn.params["broadcast_dimensions"])]
+
+
+@primitives.defrule("matrix_state", "reshape", "squeeze", "expand_dims")
+@primitives.defrule("matrix_state_flat", "reshape", "squeeze", "expand_dims")
+def _reshape_rule(ctx, eqn, ins, out_shape):
+    return [_reshape(ctx, ins[0], out_shape)]
+
+
+@primitives.defrule("matrix_state", "reduce_sum")
+def _reduce_sum_rule(ctx, eqn, ins, out_shape):
+    return [_reduce_sum(ctx, ins[0], eqn.params["axes"])]
+
+
+@primitives.defrule("matrix_state", "dot_general")
+def _dot_general_rule(ctx, eqn, ins, out_shape):
+    _check_rounding(ctx, eqn)
+    return [_dot_general(ctx, eqn, ins)]
+
+
+# ---- the ``matrix_state_flat`` slots: the layout's moves of the flat state vector -------------
+@primitives.defrule("matrix_state_flat", "add", "add_any", "sub")
+def _flat_arith(ctx, eqn, ins, out_shape):
+    _fail("arithmetic on the flat state vector")
+
+
+@primitives.defrule("matrix_state_flat", "slice")
+def _flat_slice(ctx, eqn, ins, out_shape):
     x = ins[0]
-    if name in ("add", "add_any", "sub"):
-        a, b = ins
-        if not _is_sym(a) or not _is_sym(b):
-            s = a if _is_sym(a) else b
-            if isinstance(s, Flat):
-                _fail("arithmetic on the flat state vector")
-            s = _broadcast_sym(s, out_shape)
-            return [_neg(s, ctx.dtype) if (name == "sub" and not _is_sym(a)) else s]
-        if isinstance(a, Flat) or isinstance(b, Flat):
-            _fail("arithmetic on the flat state vector")
-        return [_add(ctx, a, b, out_shape, sub=(name == "sub"))]
-    if isinstance(x, Flat) or (len(ins) > 1 and isinstance(ins[1], Flat)):
-        if name in ("slice",) and tuple(eqn.params["start_indices"]) == (0,) and tuple(eqn.params["limit_indices"]) == (x.size,):
-            return [x]
-        if name == "concatenate" and len(ins) == 1:
-            return [x]
-        if name in ("reshape", "squeeze", "expand_dims"):
-            return [_reshape(ctx, x, out_shape)]
-        if name in ("convert_element_type", "copy", "copy_p"):
-            _check_rounding(ctx, eqn)
-            return [Flat(_convert(x.sym, eqn.outvars[0].aval.dtype), x.size)]
-        _fail(f"primitive {name!r} on the flat state vector")
-    if name == "mul":
-        a, b = ins
-        if _is_sym(a) and _is_sym(b):
-            _fail("product of two state-dependent values (not linear)")
-        s, c = (a, b) if _is_sym(a) else (b, a)
-        return [_mul(ctx, s, c, out_shape)]
-    if name == "div":
-        a, b = ins
-        if _is_sym(b):
-            _fail("division by a state-dependent value (not linear)")
-        return [_mul(ctx, a, b, out_shape, inverse=True)]
-    if name == "neg":
-        return [_neg(x, ctx.dtype)]
-    if name in ("convert_element_type", "copy", "copy_p"):
-        _check_rounding(ctx, eqn)
-        return [_convert(x, eqn.outvars[0].aval.dtype)]
-    if name == "transpose":
-        return [_transpose(x, eqn.params["permutation"])]
-    if name == "broadcast_in_dim":
-        if len(ins) > 1:
-            _fail("dynamic broadcast of the state")
-        return [_broadcast_in_dim(x, eqn.params["shape"], eqn.params["broadcast_dimensions"])]
-    if name in ("reshape", "squeeze", "expand_dims"):
-        return [_reshape(ctx, x, out_shape)]
-    if name == "reduce_sum":
-        return [_reduce_sum(ctx, x, eqn.params["axes"])]
-    if name == "dot_general":
-        _check_rounding(ctx, eqn)
-        return [_dot_general(ctx, eqn, ins)]
-    _fail(f"primitive {name!r} applied to the state")
+    if tuple(eqn.params["start_indices"]) == (0,) and tuple(eqn.params["limit_indices"]) == (x.size,):
+        return [x]
+    _fail("primitive 'slice' on the flat state vector")
+
+
+@primitives.defrule("matrix_state_flat", "concatenate")
+def _flat_concatenate(ctx, eqn, ins, out_shape):
+    if len(ins) == 1:
+        return [ins[0]]
+    _fail("primitive 'concatenate' on the flat state vector")
+
+
+@primitives.defrule("matrix_state_flat", "convert_element_type", "copy", "copy_p")
+def _flat_convert(ctx, eqn, ins, out_shape):
+    _check_rounding(ctx, eqn)
+    x = ins[0]
+    return [Flat(_convert(x.sym, eqn.outvars[0].aval.dtype), x.size)]
 
 
 def _check_rounding(ctx: Ctx, eqn) -> None:

@@ -170,8 +170,8 @@ def _shape(eqn, i=0):
 # ---- rules (family rules in _FAMILY, per-primitive slots filled with primitives.defrule) ----------
 def _elementwise(dom: SparsityDomain, eqn, ins):
     """Family ``elementwise``: output element e depends on what element e of each operand does."""
-    acc = bits.union(*ins)
-    return [None if acc is None else bits.broadcast(acc, v.aval.shape) for v in eqn.outvars]
+    acc = bits.union(*ins)  # (``apply`` brings it to each output's full shape)
+    return [acc for _ in eqn.outvars]
 
 
 @primitives.defrule("sparsity", "select_n")

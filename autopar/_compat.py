@@ -13,6 +13,8 @@ import jax
 import jax.extend.core as jex_core
 from jax._src.interpreters import partial_eval as _pe
 
+from . import primitives as _prims
+
 ClosedJaxpr = jex_core.ClosedJaxpr
 Jaxpr = jex_core.Jaxpr
 JaxprEqn = jex_core.JaxprEqn
@@ -29,13 +31,6 @@ Tracer = jax.core.Tracer
 concrete_or_error = jex_core.concrete_or_error
 jaxprs_in_params = jex_core.jaxprs_in_params
 
-#: Primitives whose ``params`` hold one closed sub-jaxpr under ``jaxpr`` or
-#: ``call_jaxpr`` that is called once with the equation's operands.
-CALL_PRIMITIVES = frozenset(
-    {"jit", "pjit", "closed_call", "core_call", "remat", "remat2", "checkpoint", "custom_jvp_call",
-     "custom_vjp_call", "custom_vjp_call_jaxpr", "custom_lin"}
-)
-
 
 def make_jaxpr(fun: Callable, *example_args: Any) -> ClosedJaxpr:
     """Trace ``fun`` abstractly on ``example_args`` (arrays or ShapeDtypeStructs)."""
@@ -45,12 +40,13 @@ def make_jaxpr(fun: Callable, *example_args: Any) -> ClosedJaxpr:
 def call_subjaxpr(eqn: JaxprEqn) -> ClosedJaxpr | None:
     """The closed jaxpr a call-like equation runs on its operands, or None.
 
-    Only primitives in ``CALL_PRIMITIVES`` are calls: ``scan`` also keeps its body under
+    Only primitives of the ``call`` family (``autopar.primitives``) are calls: ``scan`` also keeps its body under
     ``jaxpr`` (and ``shard_map`` its per-shard body), but running that body once on the
     equation's operands is *not* what the equation computes (a scan iterates it over slices
     of ``xs``), so treating it as a call gives wrong values and shapes.
     """
-    if eqn.primitive.name not in CALL_PRIMITIVES:
+    t = _prims.TABLE.get(eqn.primitive.name)
+    if t is None or t.dataflow != "call":
         return None
     params = eqn.params
     for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
@@ -97,17 +93,74 @@ def bind_eqn(eqn: JaxprEqn, values: Sequence[Any]) -> list[Any]:
     return list(out) if eqn.primitive.multiple_results else [out]
 
 
+# ---- the one jaxpr evaluator ------------------------------------------------------------
+class Interpreter:
+    """What ``evaluate`` does at each step of a walk over a jaxpr; the default evaluates it.
+
+    Subclasses carry their own values (abstract lattice values, (value, Jacobian terms) pairs,
+    sympy arrays, …) and override the hooks they need.
+    """
+
+    def literal(self, atom: Literal) -> Any:
+        """The value of a literal operand."""
+        return atom.val
+
+    def const(self, var: Var, value: Any) -> Any:
+        """The value of a constvar bound to the closed-over constant ``value``."""
+        return value
+
+    def enters(self, eqn: JaxprEqn, ins: Sequence[Any]) -> bool:
+        """Whether to evaluate a call-like equation by walking its sub-jaxpr (``call_subjaxpr``)
+        on ``ins`` instead of ``equation``: the one hook through which every walk recurses."""
+        return False
+
+    def equation(self, eqn: JaxprEqn, ins: Sequence[Any]) -> list[Any]:
+        """The outputs of ``eqn`` (one per outvar) from its operands' values."""
+        return bind_eqn(eqn, ins)
+
+
+def evaluate(jaxpr: ClosedJaxpr | Jaxpr, args: Sequence[Any], interp: Interpreter,
+             consts: Sequence[Any] | None = None) -> list[Any]:
+    """Walk ``jaxpr`` on ``args`` with ``interp``: reads literals and constvars through its hooks,
+    recurses into call sub-jaxprs it ``enters``, skips DropVar outputs. ``consts``: values for the
+    constvars (default: ``interp.const`` of the closed jaxpr's constants)."""
+    jp = jaxpr.jaxpr if isinstance(jaxpr, ClosedJaxpr) else jaxpr
+    if len(args) != len(jp.invars):
+        raise ValueError(f"evaluate: {len(args)} arguments for {len(jp.invars)} invars")
+    env: dict[Any, Any] = {}
+    if consts is None:
+        consts = [interp.const(v, c) for v, c in zip(jp.constvars, getattr(jaxpr, "consts", ()))]
+    env.update(zip(jp.constvars, consts))
+    env.update(zip(jp.invars, args))
+    literal = interp.literal
+
+    def read(atom):
+        return literal(atom) if isinstance(atom, Literal) else env[atom]
+
+    for eqn in jp.eqns:
+        ins = [read(a) for a in eqn.invars]
+        sub = call_subjaxpr(eqn)
+        if sub is not None and len(sub.jaxpr.invars) == len(ins) and interp.enters(eqn, ins):
+            outs = evaluate(sub, ins, interp)
+        else:
+            outs = interp.equation(eqn, ins)
+        if len(outs) != len(eqn.outvars):
+            raise ValueError(f"rule for {eqn.primitive.name!r} returned {len(outs)} values for {len(eqn.outvars)} outputs")
+        for v, o in zip(eqn.outvars, outs):
+            if not isinstance(v, DropVar):
+                env[v] = o
+    return [read(v) for v in jp.outvars]
+
+
 # ---- custom derivatives -----------------------------------------------------------------
-CUSTOM_JVP_PRIMITIVES = frozenset({"custom_jvp_call"})
-CUSTOM_VJP_PRIMITIVES = frozenset({"custom_vjp_call", "custom_vjp_call_jaxpr"})
-
-
 def is_custom_jvp(eqn: JaxprEqn) -> bool:
-    return eqn.primitive.name in CUSTOM_JVP_PRIMITIVES
+    t = _prims.TABLE.get(eqn.primitive.name)
+    return t is not None and t.custom == "jvp"
 
 
 def is_custom_vjp(eqn: JaxprEqn) -> bool:
-    return eqn.primitive.name in CUSTOM_VJP_PRIMITIVES
+    t = _prims.TABLE.get(eqn.primitive.name)
+    return t is not None and t.custom == "vjp"
 
 
 def call_name(eqn: JaxprEqn) -> str:
@@ -210,29 +263,20 @@ def _has_custom_vjp(jaxpr: Jaxpr) -> bool:
     return False
 
 
+class _Inliner(Interpreter):
+    """Evaluates a jaxpr with every custom_vjp call replaced by its primal (entered)."""
+
+    def enters(self, eqn, ins):
+        return is_custom_vjp(eqn)
+
+    def equation(self, eqn, ins):
+        if any(_has_custom_vjp(getattr(s, "jaxpr", s)) for s in jaxprs_in_params(eqn.params)):
+            eqn = _replace_subjaxprs(eqn)
+        return bind_eqn(eqn, ins)
+
+
 def _eval_inlined(jaxpr: Jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> list[Any]:
-    env: dict[Any, Any] = {}
-
-    def read(a):
-        return a.val if isinstance(a, Literal) else env[a]
-
-    for v, c in zip(jaxpr.constvars, consts):
-        env[v] = c
-    for v, a in zip(jaxpr.invars, args):
-        env[v] = a
-    for eqn in jaxpr.eqns:
-        ins = [read(a) for a in eqn.invars]
-        if is_custom_vjp(eqn):
-            sub = call_subjaxpr(eqn)
-            outs = _eval_inlined(sub.jaxpr, sub.consts, ins)
-        elif any(_has_custom_vjp(getattr(s, "jaxpr", s)) for s in jaxprs_in_params(eqn.params)):
-            outs = bind_eqn(_replace_subjaxprs(eqn), ins)
-        else:
-            outs = bind_eqn(eqn, ins)
-        for v, o in zip(eqn.outvars, outs):
-            if not isinstance(v, DropVar):
-                env[v] = o
-    return [read(v) for v in jaxpr.outvars]
+    return evaluate(jaxpr, list(args), _Inliner(), consts=list(consts))
 
 
 def _replace_subjaxprs(eqn: JaxprEqn) -> JaxprEqn:

@@ -423,8 +423,6 @@ def _call_signature(h0, xs, length) -> tuple:
 def _without_consts(rec):
     """``rec`` with its const values dropped (they are passed to the program explicitly), so the
     program cache holds no arrays or tracers of a finished call."""
-    import dataclasses
-
     def strip(closed):
         placeholders = [jax.ShapeDtypeStruct(jnp.shape(c), jnp.result_type(c)) for c in closed.consts]
         return _compat.ClosedJaxpr(closed.jaxpr, placeholders)

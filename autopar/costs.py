@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _compat
+from . import _compat, primitives
 
 __all__ = [
     "BackendConstants",
@@ -238,11 +238,6 @@ def default_memory_budget(backend: str, fraction: float = 0.5) -> float:
 # ---- flops of one step ----------------------------------------------------------------
 #: Flops charged per element of a transcendental (measured on CPU: a sin costs ~20 adds).
 TRANSCENDENTAL_FLOPS = 20.0
-_TRANSCENDENTAL = frozenset({
-    "exp", "exp2", "log", "log1p", "expm1", "sin", "cos", "tan", "tanh", "logistic", "atan2", "asin",
-    "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "erf", "erfc", "erf_inv", "lgamma",
-    "digamma", "pow", "rsqrt", "sqrt", "cbrt",
-})
 
 
 def step_flops(jaxpr) -> float:
@@ -269,19 +264,10 @@ def step_flops(jaxpr) -> float:
                 total += step_flops(sub_j) * int(eqn.params.get("length", 1) or 1)
         else:
             in_size = max([int(np.prod(a.aval.shape, dtype=np.int64)) for a in eqn.invars if hasattr(a.aval, "shape")] or [0])
-            weight = TRANSCENDENTAL_FLOPS if name in _TRANSCENDENTAL else 1.0
+            t = primitives.row(name)
+            weight = TRANSCENDENTAL_FLOPS if t is not None and t.transcendental else 1.0
             total += weight * max(out_size, in_size)
     return float(total)
-
-
-#: Primitives that a sequential step cannot fuse into its elementwise loop: each is a
-#: kernel (or library call) of its own and pays ``op_overhead``.
-_KERNEL_OPS = frozenset({
-    "dot_general", "reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or",
-    "argmax", "argmin", "cumsum", "cumprod", "cummax", "cumlogsumexp", "sort", "gather", "scatter",
-    "scatter-add", "scatter_add", "conv_general_dilated", "fft", "triangular_solve", "cholesky", "lu",
-    "eigh", "qr", "svd", "custom_linear_solve",
-})
 
 
 #: Smaller ops are fused or inlined by XLA (a 4×4 matvec, a sum of 16 numbers) and cost
@@ -293,7 +279,8 @@ KERNEL_MIN_FLOPS = 256
 
 def _is_kernel(eqn) -> bool:
     name = eqn.primitive.name
-    if name not in _KERNEL_OPS:
+    t = primitives.row(name)
+    if t is None or not t.kernel:  # a kernel of its own: a sequential step cannot fuse it
         return False
     sizes = [int(np.prod(a.aval.shape, dtype=np.int64)) for a in eqn.invars if hasattr(a.aval, "shape")]
     if name == "dot_general":
@@ -305,7 +292,7 @@ def _is_kernel(eqn) -> bool:
 
 
 def step_ops(jaxpr) -> tuple[float, float]:
-    """(real, complex) counts of non-fusable ops in one step (see ``_KERNEL_OPS``).
+    """(real, complex) counts of non-fusable ops in one step (rows with ``kernel`` in ``autopar.primitives``).
 
     Only ops big enough not to be fused count (``KERNEL_MIN_ELEMS``, ``KERNEL_MIN_FLOPS``).
     An op counts as complex when any operand or result is complex.
@@ -318,8 +305,8 @@ def step_ops(jaxpr) -> tuple[float, float]:
             r, c = step_ops(sub)
             real, cplx = real + r, cplx + c
             continue
-        name = eqn.primitive.name
-        if name in ("scan", "while", "cond"):
+        t = primitives.row(eqn.primitive.name)
+        if t is not None and t.dataflow == "control-flow":
             n = int(eqn.params.get("length", 1) or 1)
             for sub_j in _compat.jaxprs_in_params(eqn.params):
                 r, c = step_ops(sub_j)

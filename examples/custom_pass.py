@@ -51,7 +51,8 @@ class BandwidthPass(Pass):
 
     name = "bandwidth"
     requires = ("sparsity",)
-    provides = ("bandwidth", "notes")
+    provides = ("bandwidth",)
+    refines = ("notes",)  # another pass's fact, which this one extends
 
     def run(self, rec, facts):
         i, j = np.nonzero(facts["sparsity"])

@@ -1,8 +1,11 @@
 """The pass framework: a pass reads a ``Recurrence`` and adds named facts.
 
-A pass is a small class with a ``name``, the facts it ``requires`` and the facts it
-``provides``; ``run(rec, facts)`` returns a dict of the facts it provides. The
-``PassManager`` orders passes by their dependencies, runs them, and wraps any
+A pass is a small class with a ``name``, the facts it ``requires``, the facts it
+``provides`` (returned on every run) and the facts it ``refines`` (facts another pass
+provides, which this one may overwrite with a tighter value; returned only when it does).
+``run(rec, facts)`` returns a dict of facts. The ``PassManager`` orders passes by their
+dependencies (a refining pass runs after the provider), runs them, checks that each returned
+exactly what it declared (``PassError`` names the pass and the fact otherwise), and wraps any
 failure with the name of the pass and of the passes that ran before it.
 
 Passes never build solvers: they only describe the recurrence.
@@ -42,6 +45,8 @@ class Pass:
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
     provides: ClassVar[tuple[str, ...]] = ()
+    #: Facts provided by another pass that this one may overwrite (e.g. ``structure`` → kronecker).
+    refines: ClassVar[tuple[str, ...]] = ()
 
     def run(self, rec: Any, facts: Facts) -> dict[str, Any]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -104,6 +109,11 @@ class PassManager:
                     raise PassError(f"pass {p.name!r} requires fact {req!r}, which no registered pass provides.")
                 if provider[req] != p.name:
                     g.add_edge(provider[req], p.name)
+            for ref in p.refines:
+                if ref not in provider:
+                    raise PassError(f"pass {p.name!r} refines fact {ref!r}, which no registered pass provides.")
+                if provider[ref] != p.name:
+                    g.add_edge(provider[ref], p.name)
         try:
             order = list(nx.lexicographical_topological_sort(g, key=lambda n: [q.name for q in self.passes].index(n)))
         except nx.NetworkXUnfeasible:
@@ -123,9 +133,21 @@ class PassManager:
                     f"analysis pass {p.name!r} failed on {getattr(rec, 'name', 'cell')!r} "
                     f"after {done or 'no other passes'}: {type(e).__name__}: {e}"
                 ) from e
+            _check_declared(p, new)
             facts.update(new)
             done.append(p.name)
         return facts
+
+
+def _check_declared(p: Pass, new: dict) -> None:
+    """A pass returns every fact it ``provides`` and nothing outside ``provides`` ∪ ``refines``."""
+    extra = [k for k in new if k not in p.provides and k not in p.refines]
+    if extra:
+        raise PassError(f"analysis pass {p.name!r} returned fact {extra[0]!r}, which it does not declare: add it "
+                        f"to `provides` (always returned) or `refines` (overwrites another pass's fact).")
+    missing = [k for k in p.provides if k not in new]
+    if missing:
+        raise PassError(f"analysis pass {p.name!r} declares fact {missing[0]!r} in `provides` but did not return it.")
 
 
 def iter_names(passes: Iterable[Pass]) -> list[str]:

@@ -46,8 +46,6 @@ def _describe(rec, entries, limit=6) -> str:
 
 
 def _is_tracer(x) -> bool:
-    import jax
-
     return isinstance(x, _compat.Tracer)
 
 

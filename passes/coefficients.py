@@ -30,15 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from autopar import _compat
+from autopar import _compat, primitives
 
 from autopar.dtypes import is_complex, is_inexact
 from .base import Pass
 from .constfold import fold
 from .indexing import dynamic_slice_starts, gather_positions, scatter_positions
-from .interpret import CONTROL_FLOW, Domain, control_flow, propagate, propagate_known
+from .interpret import Domain, control_flow, is_control_flow, propagate
 from .precision import Rounding, rounding_for
-from .sparsity import ELEMENTWISE
 
 __all__ = ["Const", "Lin", "TOP", "CoefficientDomain", "CoefficientPass", "coefficient_kind"]
 
@@ -79,10 +78,11 @@ class _Top:
 
 TOP = _Top()
 
-#: Shape ops that preserve a uniform constant's token.
-_SHAPE_UNIFORM = frozenset({"broadcast_in_dim", "reshape", "squeeze", "expand_dims", "transpose", "slice", "rev", "copy",
-                            "copy_p", "dynamic_slice", "gather", "reduce_max", "reduce_min", "cummax", "cummin",
-                            "reduce_precision"})
+
+def _keeps_uniform(t) -> bool:
+    """Every output element is one of operand 0's elements, so a uniform constant keeps its token:
+    copies (``selects``) and max / min reductions."""
+    return t is not None and (t.selects or (t.degree == "piecewise" and t.dataflow in ("reduction", "cumulative")))
 
 
 def _size(aval) -> int:
@@ -140,24 +140,24 @@ class CoefficientDomain(Domain):
         return [TOP for _ in eqn.outvars]
 
     # ---- dispatch -------------------------------------------------------------------
+    def enters(self, eqn, ins):
+        """Calls are walked (a custom_jvp call on h is TOP: JAX differentiates its rule)."""
+        return not all(isinstance(v, Const) for v in ins) and not _compat.is_custom_jvp(eqn)
+
     def apply(self, eqn, ins):
         known = list(self.known_in)
         ins = [self._upgrade(v, k) for v, k in zip(ins, known)]
         name = eqn.primitive.name
         if all(isinstance(v, Const) for v in ins):
             return self._const_out(eqn, ins, known)
-        if name in CONTROL_FLOW:
+        if is_control_flow(eqn):
             self.known_in = known
             return control_flow(self, eqn, ins)
         if _compat.is_custom_jvp(eqn) or self.rounds(eqn):
             return [TOP for _ in eqn.outvars]
-        sub = _compat.call_subjaxpr(eqn)
-        if sub is not None and len(sub.jaxpr.invars) == len(ins):
-            outs, self.known_out = propagate_known(sub, ins, self, known=known)
-            return outs
         if any(v is TOP for v in ins):
             return [TOP for _ in eqn.outvars]
-        rule = _RULES.get(name)
+        rule = self.rules.get(name)
         if rule is None:
             return [TOP for _ in eqn.outvars]
         out = rule(eqn, ins, known)
@@ -173,6 +173,7 @@ class CoefficientDomain(Domain):
 
     def _const_out(self, eqn, ins, known):
         name = eqn.primitive.name
+        t = primitives.row(name)
         vals = fold(eqn, known) if all(k is not None for k in known) else None
         outs = []
         for i, var in enumerate(eqn.outvars):
@@ -181,13 +182,13 @@ class CoefficientDomain(Domain):
                 tok = self._upgrade(Const(None), vals[i]).tok
             if tok is None and _size(var.aval) == 1:
                 tok = _new_tok()
-            if tok is None and ins and ins[0].tok is not None and name in _SHAPE_UNIFORM:
+            if tok is None and ins and ins[0].tok is not None and _keeps_uniform(t):
                 tok = ins[0].tok
             if tok is None and name == "concatenate" and len({v.tok for v in ins}) == 1:
                 tok = ins[0].tok
             if tok is None and name == "select_n" and len({v.tok for v in ins[1:]}) == 1:
                 tok = ins[1].tok
-            if tok is None and name in ELEMENTWISE and all(v.tok is not None for v in ins):
+            if tok is None and t is not None and t.elementwise and all(v.tok is not None for v in ins):
                 tok = _new_tok()
             outs.append(Const(tok))
         return outs
@@ -380,15 +381,16 @@ def _scatter(eqn, ins, known):
     return Lin(out.reshape(shape), tok)
 
 
-_RULES = {
-    "add": _addsub, "sub": _addsub, "neg": _neg, "mul": _mul, "div": _div,
-    "convert_element_type": _convert, "copy": _same, "copy_p": _same, "reduce_precision": _same,
-    "integer_pow": _integer_pow, "broadcast_in_dim": _broadcast_in_dim, "reshape": _reshape, "squeeze": _reshape,
-    "expand_dims": _reshape, "transpose": _transpose, "slice": _slice, "rev": _rev, "concatenate": _concatenate,
-    "pad": _pad, "select_n": _select_n, "gather": _gather, "dynamic_slice": _dynamic_slice,
-    "dynamic_update_slice": _dynamic_update_slice, "scatter": _scatter, "scatter-add": _scatter,
-    "scatter_add": _scatter, "scatter-sub": _scatter, "scatter_sub": _scatter,
-}
+for _names, _rule in (("add sub", _addsub), ("neg", _neg), ("mul", _mul), ("div", _div),
+                      ("convert_element_type", _convert), ("copy copy_p reduce_precision", _same),
+                      ("integer_pow", _integer_pow), ("broadcast_in_dim", _broadcast_in_dim),
+                      ("reshape squeeze expand_dims", _reshape), ("transpose", _transpose), ("slice", _slice),
+                      ("rev", _rev), ("concatenate", _concatenate), ("pad", _pad), ("select_n", _select_n),
+                      ("gather", _gather), ("dynamic_slice", _dynamic_slice),
+                      ("dynamic_update_slice", _dynamic_update_slice),
+                      ("scatter scatter-add scatter_add scatter-sub scatter_sub", _scatter)):
+    primitives.defrule("coefficients", *_names.split())(_rule)
+del _names, _rule
 
 
 def coefficient_kind(rec: Any) -> str | None:

@@ -15,11 +15,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from autopar import _compat
+from autopar import _compat, primitives
 
 from .indexing import gather_positions
 
-__all__ = ["fold", "FOLDERS", "MAX_FOLD", "foldable_const"]
+__all__ = ["fold", "MAX_FOLD", "foldable_const"]
 
 MAX_FOLD = 1 << 20
 
@@ -27,8 +27,6 @@ MAX_FOLD = 1 << 20
 def foldable_const(value: Any) -> np.ndarray | None:
     """The numpy value of a jaxpr constant if it may be folded (concrete integer / bool)."""
     try:
-        import jax
-
         if isinstance(value, _compat.Tracer):
             return None
     except Exception:  # pragma: no cover
@@ -197,7 +195,8 @@ def _ident(eqn, vals):
     return [np.asarray(vals[0])]
 
 
-FOLDERS: dict[str, Callable] = {
+#: The ``fold`` slots of the trait table: ``rule(eqn, numpy values) -> numpy outputs | None``.
+_FOLDERS: dict[str, Callable] = {
     "add": _binary(np.add), "sub": _binary(np.subtract), "mul": _binary(np.multiply),
     "div": _binary(_div), "rem": _binary(_rem), "max": _binary(np.maximum), "min": _binary(np.minimum),
     "neg": lambda e, v: [np.negative(v[0])], "abs": lambda e, v: [np.abs(v[0])], "sign": lambda e, v: [np.sign(v[0])],
@@ -216,11 +215,15 @@ FOLDERS: dict[str, Callable] = {
     "split": _split, "copy": _ident, "copy_p": _ident, "floor": lambda e, v: [np.floor(v[0])],
     "ceil": lambda e, v: [np.ceil(v[0])],
 }
+for _name, _rule in _FOLDERS.items():
+    primitives.defrule("fold", _name)(_rule)
+del _name, _rule
 
 
 def fold(eqn: Any, vals: list) -> list | None:
     """Concrete outputs of ``eqn`` from concrete inputs, or None if not folded."""
-    fn = FOLDERS.get(eqn.primitive.name)
+    t = primitives.row(eqn.primitive.name)
+    fn = None if t is None else t.rules.get("fold")
     if fn is None:
         return None
     total = sum(int(np.prod(v.aval.shape, dtype=np.int64)) for v in eqn.outvars)

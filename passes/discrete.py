@@ -7,15 +7,15 @@ recurrence: integer multiply-add is a ring (also with wraparound), so an
 associative scan over (a, b) pairs is *exact*, bit for bit. Otherwise they are
 solved by a sequential scan of their own.
 
-Only a whitelist of integer-linear primitives counts as affine here (integer
-division, remainders, shifts and bit operations do not).
+Only the integer-linear primitives (``int_affine`` in ``autopar.primitives``) count as
+affine here (integer division, remainders, shifts and bit operations do not).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from autopar import _compat
+from autopar import primitives
 
 from . import bits
 from .base import Pass
@@ -24,16 +24,11 @@ from .sparsity import SparsityDomain
 
 __all__ = ["DiscretePass"]
 
-_INT_AFFINE = frozenset(
-    """add sub neg mul convert_element_type copy copy_p broadcast_in_dim reshape squeeze expand_dims
-    transpose slice concatenate select_n""".split()
-)
-
 
 class _IntDegree(Domain):
     """Degree of integer values in the integer state: constant (0) < affine (1) < other (2).
 
-    Its own small lattice: only the whitelisted integer-linear primitives keep a value affine;
+    Its own small lattice: only the integer-linear primitives (``int_affine``) keep a value affine;
     anything else that reads the state (division, remainders, comparisons, bit operations,
     casts to floats or to narrower integers) makes it "other".
     """
@@ -58,9 +53,10 @@ class _IntDegree(Domain):
 
     def apply(self, eqn, ins):
         name = eqn.primitive.name
-        if max(ins, default=0) == 0 or _compat.call_subjaxpr(eqn) is not None:
+        if max(ins, default=0) == 0:
             return super().apply(eqn, ins)
-        if name not in _INT_AFFINE:
+        t = primitives.row(name)
+        if t is None or not t.int_affine:
             return [2 for _ in eqn.outvars]
         if name == "convert_element_type":
             src, dst = np.dtype(eqn.invars[0].aval.dtype), np.dtype(eqn.params["new_dtype"])

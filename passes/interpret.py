@@ -2,10 +2,14 @@
 
 ``propagate(jaxpr, inputs, domain)`` walks the equations in order and maps each
 variable to an abstract value of ``domain``. A domain supplies a constant value
-(for literals and h-independent inputs), one rule per primitive name, and a
-conservative ``default`` for primitives without a rule; the names of those are
-collected in ``unknown`` so reports can say which primitives were treated
-conservatively.
+(for literals and h-independent inputs), its rules, and a conservative ``default``
+for primitives without a rule; the names of those are collected in ``unknown`` so
+reports can say which primitives were treated conservatively.
+
+The rules come from the primitive trait table (``autopar.primitives``): for each row,
+the user's rule (``register_rule``) if any, else the row's slot for this domain
+(``rules[domain.name]``), else the domain's rule for the row's family
+(``Domain.family_rule``). The lattice and the table are separate things.
 
 Next to the abstract values, ``propagate`` folds *known* values in numpy (see
 ``constfold``): literals, ``iota`` and integer/bool constants and what exact
@@ -13,10 +17,11 @@ primitives compute from them. A rule reads the known values of its operands in
 ``domain.known_in`` (one numpy array or None per operand; read it first thing,
 since nested ``propagate`` calls overwrite it).
 
-Nested jaxprs:
+The walk is ``_compat.evaluate`` (the one jaxpr evaluator) with an interpreter whose values
+are (abstract value, known value) pairs. Nested jaxprs:
 
-* call-like primitives (jit, custom_jvp_call, custom_vjp_call, remat, …) recurse
-  into their sub-jaxpr with the operands' abstract values;
+* call-like primitives (jit, custom_vjp_call, remat, …) recurse into their sub-jaxpr with
+  the operands' abstract values, through the evaluator's one hook (``Domain.enters``);
 * ``cond`` is the join over its branches (only the taken branch when the index is
   known), ``scan`` and ``while`` iterate the body to a fixpoint of the carry:
   ``c ← join(c, body(c))`` — sound for any trip count (including zero) because the
@@ -33,16 +38,40 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from autopar import _compat
+from autopar import _compat, primitives
 
 from .constfold import fold, foldable_const
 
-__all__ = ["Domain", "propagate", "MAX_FIXPOINT", "CONTROL_FLOW"]
+__all__ = ["Domain", "propagate", "MAX_FIXPOINT", "is_control_flow"]
 
 #: Rounds of a loop fixpoint before the carry is widened to top.
 MAX_FIXPOINT = 64
 
-CONTROL_FLOW = frozenset({"cond", "scan", "while"})
+_RULE_CACHE: dict[tuple, dict[str, Callable]] = {}
+
+
+def is_control_flow(eqn: Any) -> bool:
+    t = primitives.TABLE.get(eqn.primitive.name)
+    return t is not None and t.dataflow == "control-flow"
+
+
+def domain_rules(domain: "Domain") -> dict[str, Callable]:
+    """``{primitive name: rule(domain, eqn, ins)}`` of ``domain`` read off the trait table (user rule,
+    else the row's slot ``rules[domain.name]``, else ``domain.family_rule(row)``); cached per table version."""
+    key = (type(domain), domain.name, primitives.version())
+    hit = _RULE_CACHE.get(key)
+    if hit is None:
+        hit = {}
+        for name, t in primitives.TABLE.items():
+            spec = t.user.get(domain.name)
+            r = domain.user_rule(name, spec) if spec is not None else None
+            r = r or t.rules.get(domain.name) or domain.family_rule(t)
+            if r is not None:
+                hit[name] = r
+        if len(_RULE_CACHE) > 64:
+            _RULE_CACHE.clear()
+        _RULE_CACHE[key] = hit
+    return hit
 
 
 class Domain:
@@ -53,11 +82,20 @@ class Domain:
     const_fast_path = True
 
     def __init__(self) -> None:
-        self.rules: dict[str, Callable[..., list[Any]]] = {}
+        self.rules: dict[str, Callable[..., list[Any]]] = domain_rules(self)
         self.unknown: set[str] = set()
         self.known_in: list[Any] = []
         self.known_out: list[Any] | None = None
         self.folded_consts: list[int] = []
+
+    def family_rule(self, traits: primitives.Traits) -> Callable | None:
+        """This domain's rule for a primitive of ``traits``' family when its slot is empty (None: none)."""
+        return None
+
+    @staticmethod
+    def user_rule(name: str, spec: Any) -> Callable | None:
+        """A ``register_rule`` spec for this domain as a rule (None: the domain takes no user rules)."""
+        return None
 
     # ---- lattice -------------------------------------------------------------------
     def const(self, aval: Any) -> Any:
@@ -102,15 +140,17 @@ class Domain:
             return [self.const(v.aval) for v in eqn.outvars]
         if rule is not None:
             return rule(self, eqn, ins)
-        if name in CONTROL_FLOW:
+        if is_control_flow(eqn):
             return control_flow(self, eqn, ins)
-        sub = _compat.call_subjaxpr(eqn)
-        if sub is not None and len(sub.jaxpr.invars) == len(ins):
-            outs, kouts = propagate_known(sub, ins, self, known=list(self.known_in))
-            self.known_out = kouts
-            return outs
         self.unknown.add(name)
         return self.default(eqn, ins)
+
+    def enters(self, eqn: Any, ins: Sequence[Any]) -> bool:
+        """Whether a call (jit, custom_vjp, remat, …) is interpreted by walking its sub-jaxpr: unless its
+        operands are all constant or the domain has a rule for it (custom_jvp_call)."""
+        if self.const_fast_path and all(self.is_const(v) for v in ins):
+            return False
+        return eqn.primitive.name not in self.rules
 
 
 def _has_join(domain: Domain) -> bool:
@@ -199,58 +239,54 @@ def propagate(jaxpr: Any, inputs: Sequence[Any], domain: Domain, known: Sequence
     return propagate_known(jaxpr, inputs, domain, known)[0]
 
 
-def propagate_known(jaxpr: Any, inputs: Sequence[Any], domain: Domain, known: Sequence[Any] | None = None):
-    """Like ``propagate``, also returning the known (folded) values of the outputs."""
-    closed = jaxpr if isinstance(jaxpr, _compat.ClosedJaxpr) else _compat.ClosedJaxpr(jaxpr, ())
-    jp = closed.jaxpr
-    env: dict[Any, Any] = {}
-    kenv: dict[Any, Any] = {}
+class _Propagate(_compat.Interpreter):
+    """The evaluator's view of a domain: values are (abstract, known numpy value or None) pairs."""
 
-    def read(atom: Any) -> Any:
-        if _compat.is_literal(atom):
-            return domain.const(atom.aval)
-        return env[atom]
+    def __init__(self, domain: Domain) -> None:
+        self.domain = domain
 
-    def kread(atom: Any) -> Any:
-        if _compat.is_literal(atom):
-            return _literal_value(atom)
-        return kenv.get(atom)
+    def literal(self, atom):
+        return self.domain.const(atom.aval), _literal_value(atom)
 
-    for i, (v, c) in enumerate(zip(jp.constvars, closed.consts)):
-        env[v] = domain.const(v.aval)
-        k = foldable_const(c)
-        if k is not None:
-            kenv[v] = k
-            if known is None:
-                domain.folded_consts.append(i)
-    if len(inputs) != len(jp.invars):
-        raise ValueError(f"propagate: {len(inputs)} inputs for {len(jp.invars)} invars")
-    for v, val in zip(jp.invars, inputs):
-        env[v] = val
-    if known is not None:
-        for v, k in zip(jp.invars, known):
-            if k is not None:
-                kenv[v] = k
-    for eqn in jp.eqns:
-        kin = [kread(a) for a in eqn.invars]
+    def const(self, var, value):
+        return self.domain.const(var.aval), foldable_const(value)
+
+    def enters(self, eqn, ins):
+        return self.domain.enters(eqn, [a for a, _ in ins])
+
+    def equation(self, eqn, ins):
+        domain = self.domain
+        kin = [k for _, k in ins]
         domain.known_in = kin
         domain.known_out = None
-        outs = domain.apply(eqn, [read(a) for a in eqn.invars])
+        outs = domain.apply(eqn, [a for a, _ in ins])
         kout, domain.known_out = domain.known_out, None
         if len(outs) != len(eqn.outvars):
             raise ValueError(f"rule for {eqn.primitive.name!r} returned {len(outs)} values for {len(eqn.outvars)} outputs")
-        for var, val in zip(eqn.outvars, outs):
-            if not isinstance(var, _compat.DropVar):
-                env[var] = val
-        if kout is None and all(k is not None for k in kin) and eqn.primitive.name not in CONTROL_FLOW:
+        if kout is None and all(k is not None for k in kin) and not is_control_flow(eqn):
             sub = _compat.call_subjaxpr(eqn)
             if sub is not None:
                 if len(sub.jaxpr.invars) == len(kin):
                     kout = propagate_known(sub, [None] * len(kin), _KnownOnly(), known=kin)[1]
             else:
                 kout = fold(eqn, kin)
-        if kout is not None:
-            for var, val in zip(eqn.outvars, kout):
-                if val is not None and not isinstance(var, _compat.DropVar):
-                    kenv[var] = val
-    return [read(v) for v in jp.outvars], [kread(v) for v in jp.outvars]
+        if kout is None:
+            return [(o, None) for o in outs]
+        return list(zip(outs, kout))
+
+
+def propagate_known(jaxpr: Any, inputs: Sequence[Any], domain: Domain, known: Sequence[Any] | None = None):
+    """Like ``propagate``, also returning the known (folded) values of the outputs."""
+    closed = jaxpr if isinstance(jaxpr, _compat.ClosedJaxpr) else _compat.ClosedJaxpr(jaxpr, ())
+    jp = closed.jaxpr
+    if len(inputs) != len(jp.invars):
+        raise ValueError(f"propagate: {len(inputs)} inputs for {len(jp.invars)} invars")
+    consts = []
+    for i, (v, c) in enumerate(zip(jp.constvars, closed.consts)):
+        k = foldable_const(c)
+        if k is not None and known is None:
+            domain.folded_consts.append(i)
+        consts.append((domain.const(v.aval), k))
+    args = list(zip(inputs, known if known is not None else [None] * len(inputs)))
+    outs = _compat.evaluate(closed, args, _Propagate(domain), consts=consts)
+    return [a for a, _ in outs], [k for _, k in outs]

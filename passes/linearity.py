@@ -32,9 +32,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 
-from autopar import _compat
+from autopar import _compat, primitives
 from autopar.dtypes import is_inexact
 from .base import Pass
 from .interpret import Domain, propagate
@@ -83,32 +82,43 @@ def _bilinear(a: int, b: int) -> int:
     return NONLINEAR
 
 
-#: Linear in each data operand (sums and shape ops).
-LINEAR = frozenset(
-    """add sub neg convert_element_type copy copy_p broadcast_in_dim reshape squeeze expand_dims transpose
-    slice concatenate pad rev reduce_sum cumsum real imag conj complex reduce_precision dynamic_slice
-    dynamic_update_slice gather scatter scatter-add scatter_add scatter-sub scatter_sub split
-    select_and_gather_add""".split()
-)
-#: Operands that select *where* to read or write (indices): an h-dependent one makes the result piecewise.
-INDEX_OPERANDS = {"gather": slice(1, 2), "scatter": slice(1, 2), "scatter-add": slice(1, 2), "scatter_add": slice(1, 2),
-                  "scatter-sub": slice(1, 2), "scatter_sub": slice(1, 2), "scatter-mul": slice(1, 2),
-                  "scatter_mul": slice(1, 2), "scatter-min": slice(1, 2), "scatter-max": slice(1, 2),
-                  "scatter_min": slice(1, 2), "scatter_max": slice(1, 2), "dynamic_slice": slice(1, None),
-                  "dynamic_update_slice": slice(2, None)}
-BILINEAR = frozenset({"mul", "dot_general", "scatter-mul", "scatter_mul"})
-PIECEWISE_OPS = frozenset(
-    {"max", "min", "abs", "clamp", "reduce_max", "reduce_min", "cummax", "cummin", "sort", "top_k",
-     "scatter-min", "scatter-max", "scatter_min", "scatter_max"}
-)
-STEP_OPS = frozenset({"floor", "ceil", "round", "sign", "gt", "ge", "lt", "le", "eq", "ne", "argmax", "argmin",
-                      "is_finite", "not", "and", "or", "xor", "population_count", "clz", "shift_left",
-                      "shift_right_arithmetic", "shift_right_logical", "iota"})
-SMOOTH = frozenset(
-    """exp exp2 expm1 log log1p tanh logistic sin cos tan asin acos atan asinh acosh atanh sinh cosh sqrt rsqrt
-    cbrt erf erfc erf_inv lgamma digamma igamma igammac square pow atan2 cumprod cumlogsumexp reduce_prod
-    polygamma zeta bessel_i0e bessel_i1e nextafter""".split()
-)
+def _linear(dom, eqn, ins):
+    return [join(*ins)] * len(eqn.outvars)
+
+
+def _bilinear_rule(dom, eqn, ins):
+    return [_bilinear(*ins[:2]) if len(ins) >= 2 else join(*ins)] * len(eqn.outvars)
+
+
+def _piecewise(dom, eqn, ins):
+    d = _pw(join(*ins))
+    return [d] + [min(d, STEP)] * (len(eqn.outvars) - 1)  # (sort / top_k: the other outputs are indices)
+
+
+def _step(dom, eqn, ins):
+    return [STEP if join(*ins) != CONSTANT else CONSTANT] * len(eqn.outvars)
+
+
+def _smooth_rule(dom, eqn, ins):
+    return [_smooth(join(*ins))] * len(eqn.outvars)
+
+
+#: The degree of each family of ``autopar.primitives`` (``rule``: the row's ``degree`` slot decides).
+_FAMILY = {"linear": _linear, "bilinear": _bilinear_rule, "piecewise": _piecewise, "step": _step,
+           "smooth": _smooth_rule}
+
+
+def _indexed(family, sl: slice):
+    """A family rule on the data operands; an h-dependent index operand (``sl``) makes it piecewise."""
+
+    def rule(dom, eqn, ins):
+        idx = range(*sl.indices(len(ins)))
+        d = family(dom, eqn, [v for i, v in enumerate(ins) if i not in idx])[0]
+        if any(ins[i] != CONSTANT for i in idx):
+            d = join(d, STEP)
+        return [d] * len(eqn.outvars)
+
+    return rule
 
 
 class DegreeDomain(Domain):
@@ -116,13 +126,37 @@ class DegreeDomain(Domain):
 
     def __init__(self, rounding: Rounding | None = None) -> None:
         super().__init__()
-        from .rules import user_rules
-
-        self.rules = user_rules("degree", self)
         #: which equations count as rounding (``precision.rounding_for``).
         self.rounds = rounding or Rounding()
         #: primitives that round an h-dependent value (their AD rules round tangents too)
         self.rounded: list[str] = []
+
+    def family_rule(self, t):
+        fam = _FAMILY.get(t.degree)
+        if fam is not None and t.index_operands is not None:
+            return _indexed(fam, t.index_operands)
+        return fam
+
+    @staticmethod
+    def user_rule(name: str, spec):
+        """A ``register_rule(degree=...)`` spec as a rule of this domain (see ``passes.rules``)."""
+        named_specs = {"linear": _linear, "piecewise-linear": lambda dom, eqn, ins: [_pw(join(*ins))] * len(eqn.outvars),
+                       "nonlinear": _smooth_rule, "zero": _step}
+        if isinstance(spec, str):
+            return named_specs[spec]
+
+        def named(s):
+            if isinstance(s, str) and s in DEGREE_VALUES:
+                return DEGREE_VALUES[s]
+            raise ValueError(f"user degree rule for {name!r} returned {s!r}; expected one of {list(DEGREE_VALUES)}.")
+
+        def rule(dom, eqn, ins):
+            res = spec(eqn, [DEGREE_NAMES[d] for d in ins])
+            if isinstance(res, str):
+                return [named(res)] * len(eqn.outvars)
+            return [named(r) for r in res]
+
+        return rule
 
     def const(self, aval):
         return CONSTANT
@@ -143,7 +177,7 @@ class DegreeDomain(Domain):
         return [NONLINEAR for _ in eqn.outvars]
 
     def apply(self, eqn, ins):
-        outs = self._apply(eqn, ins)
+        outs = super().apply(eqn, ins)
         if self.rounds(eqn):
             # Rounding an affine / piecewise-linear value is neither (a step function stays one).
             outs = [NONLINEAR if o in (AFFINE, PIECEWISE) else o for o in outs]
@@ -152,74 +186,59 @@ class DegreeDomain(Domain):
         # Integer / bool values are step functions of h.
         return [min(o, STEP) if not _inexact(v.aval) and o != CONSTANT else o for o, v in zip(outs, eqn.outvars)]
 
-    def _apply(self, eqn, ins):
-        name = eqn.primitive.name
-        n = len(eqn.outvars)
-        if all(d == CONSTANT for d in ins) or name in self.rules:
-            return super().apply(eqn, ins)
-        if _compat.is_custom_jvp(eqn):
-            return self._custom_jvp(eqn, ins)
-        if name in INDEX_OPERANDS:
-            sl = INDEX_OPERANDS[name]
-            idx = ins[sl]
-            data = [d for i, d in enumerate(ins) if i not in range(*sl.indices(len(ins)))]
-            if name in BILINEAR:
-                d = _bilinear(*data[:2]) if len(data) >= 2 else join(*data)
-            elif name in PIECEWISE_OPS:
-                d = _pw(join(*data))
-            else:
-                d = join(*data)
-            if any(i != CONSTANT for i in idx):
-                d = join(d, STEP)
-            return [d] * n
-        if name in LINEAR:
-            return [join(*ins)] * n
-        if name in BILINEAR:
-            return [_bilinear(ins[0], ins[1])]
-        if name == "div":
-            a, b = ins
-            if b == CONSTANT:
-                return [a]
-            if a <= STEP and b <= STEP:
-                return [STEP]
-            return [PIECEWISE if b == STEP and a in (AFFINE, PIECEWISE) else NONLINEAR]
-        if name == "integer_pow":
-            y = eqn.params["y"]
-            return [CONSTANT if y == 0 else ins[0] if y == 1 else _smooth(ins[0])]
-        if name == "select_n":
-            pred, cases = ins[0], ins[1:]
-            d = join(*cases)
-            return [join(d, STEP) if pred != CONSTANT else d]
-        if name == "rem":
-            return [_pw(ins[0]) if ins[1] == CONSTANT else _smooth(join(*ins))]
-        if name in PIECEWISE_OPS:
-            d = _pw(join(*ins))
-            return [d] + [min(d, STEP)] * (n - 1)
-        if name in STEP_OPS:
-            return [STEP if join(*ins) != CONSTANT else CONSTANT] * n
-        if name == "stop_gradient":
-            return [NONLINEAR]
-        if name in SMOOTH:
-            return [_smooth(join(*ins))] * n
-        return super().apply(eqn, ins)
 
-    def _custom_jvp(self, eqn, ins):
-        """An h-dependent custom_jvp call: nonlinear unless its primal is piecewise-linear and its
-        rule's Jacobian is piecewise-constant in h (see the module doc)."""
-        known = list(self.known_in)
-        sub = _compat.call_subjaxpr(eqn)
-        primal = propagate(sub, ins, self, known=known) if sub is not None else [NONLINEAR] * len(eqn.outvars)
-        rule = _compat.custom_jvp_rule(eqn)
-        dj = NONLINEAR
-        if rule is not None:
-            jvp, out_zeros, nc = rule
-            n = len(ins) - nc
-            # Tangents held constant: the tangent outputs' degree is that of J's entries in h.
-            res = propagate(jvp, list(ins[nc:]) + [CONSTANT] * n, self, known=known[nc:] + [None] * n)
-            dj = join(*res[len(eqn.outvars):])
-            if any(d != CONSTANT for d in ins[:nc]):
-                dj = NONLINEAR  # h-dependent closed-over constants: their derivative is not the rule's
-        return [PIECEWISE if (dp == PIECEWISE and dj <= STEP) else NONLINEAR for dp in primal]
+# ---- slots of the rows whose degree is decided by a rule ----------------------------------------
+@primitives.defrule("degree", "div")
+def _div(dom, eqn, ins):
+    a, b = ins
+    if b == CONSTANT:
+        return [a]
+    if a <= STEP and b <= STEP:
+        return [STEP]
+    return [PIECEWISE if b == STEP and a in (AFFINE, PIECEWISE) else NONLINEAR]
+
+
+@primitives.defrule("degree", "integer_pow")
+def _integer_pow(dom, eqn, ins):
+    y = eqn.params["y"]
+    return [CONSTANT if y == 0 else ins[0] if y == 1 else _smooth(ins[0])]
+
+
+@primitives.defrule("degree", "select_n")
+def _select_n(dom, eqn, ins):
+    pred, cases = ins[0], ins[1:]
+    d = join(*cases)
+    return [join(d, STEP) if pred != CONSTANT else d]
+
+
+@primitives.defrule("degree", "rem")
+def _rem(dom, eqn, ins):
+    return [_pw(ins[0]) if ins[1] == CONSTANT else _smooth(join(*ins))]
+
+
+@primitives.defrule("degree", "stop_gradient")
+def _stop_gradient(dom, eqn, ins):
+    return [NONLINEAR]  # its JVP (zero) is not its derivative: the linear solver must not trust it
+
+
+@primitives.defrule("degree", "custom_jvp_call")
+def _custom_jvp(dom, eqn, ins):
+    """An h-dependent custom_jvp call: nonlinear unless its primal is piecewise-linear and its
+    rule's Jacobian is piecewise-constant in h (see the module doc)."""
+    known = list(dom.known_in)
+    sub = _compat.call_subjaxpr(eqn)
+    primal = propagate(sub, ins, dom, known=known) if sub is not None else [NONLINEAR] * len(eqn.outvars)
+    rule = _compat.custom_jvp_rule(eqn)
+    dj = NONLINEAR
+    if rule is not None:
+        jvp, out_zeros, nc = rule
+        n = len(ins) - nc
+        # Tangents held constant: the tangent outputs' degree is that of J's entries in h.
+        res = propagate(jvp, list(ins[nc:]) + [CONSTANT] * n, dom, known=known[nc:] + [None] * n)
+        dj = join(*res[len(eqn.outvars):])
+        if any(d != CONSTANT for d in ins[:nc]):
+            dj = NONLINEAR  # h-dependent closed-over constants: their derivative is not the rule's
+    return [PIECEWISE if (dp == PIECEWISE and dj <= STEP) else NONLINEAR for dp in primal]
 
 
 def _inexact(aval) -> bool:

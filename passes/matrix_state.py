@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autopar import _compat
+from autopar import _compat, primitives
 
 from .base import Pass
 
@@ -427,21 +427,15 @@ def _dot_general(ctx: Ctx, eqn, ins) -> Sym:
 
 
 # ---- provenance of h-independent values (strict mode) ----------------------------------
-_ELEMENTWISE = frozenset(
-    """abs acos acosh add add_any asin asinh atan atan2 atanh cbrt ceil clamp convert_element_type copy copy_p cos cosh
-    div erf erf_inv erfc exp exp2 expm1 floor integer_pow is_finite log log1p logistic max min mul neg nextafter pow
-    reduce_precision rem round rsqrt select_n sign sin sinh sqrt square sub tan tanh""".split()
-)
-
-
 def _uniform_axes(eqn, ins: Sequence[Cst]) -> list[frozenset]:
     outs = []
     name = eqn.primitive.name
+    t = primitives.row(name)
     for ov in eqn.outvars:
         shape = tuple(getattr(ov.aval, "shape", ()))
         size1 = frozenset(i for i, s in enumerate(shape) if s == 1)
         uni = size1
-        if name in _ELEMENTWISE:
+        if t is not None and t.elementwise:
             acc = frozenset(range(len(shape)))
             for a, c in zip(eqn.invars, ins):
                 ashape = tuple(getattr(a.aval, "shape", ()))
@@ -475,31 +469,31 @@ def _uniform_axes(eqn, ins: Sequence[Cst]) -> list[frozenset]:
 
 
 # ---- the interpreter -------------------------------------------------------------------
-_CALLS = _compat.CALL_PRIMITIVES
+class _MatrixState(_compat.Interpreter):
+    """Values: ``Cst`` (h-independent), ``Sym`` / ``Flat`` (the tangent); calls on the tangent are walked."""
+
+    def __init__(self, ctx: Ctx) -> None:
+        self.ctx = ctx
+
+    def literal(self, atom):
+        val = _compat.literal_value(atom)
+        return Cst(val, frozenset(range(np.ndim(val))))
+
+    def const(self, var, c):
+        return c if isinstance(c, (Cst, Sym, Flat)) else Cst(c, frozenset(i for i, s in enumerate(np.shape(c)) if s == 1))
+
+    def enters(self, eqn, ins):
+        return any(_is_sym(v) for v in ins)
+
+    def equation(self, eqn, ins):
+        return _apply(self.ctx, eqn, ins)
 
 
 def interpret(ctx: Ctx, jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> list[Any]:
     """Run ``jaxpr`` with ``args`` (Sym/Flat for the tangent, Cst otherwise)."""
+    it = _MatrixState(ctx)
     jp = jaxpr.jaxpr if isinstance(jaxpr, _compat.ClosedJaxpr) else jaxpr
-    env: dict = {}
-
-    def read(a):
-        if _compat.is_literal(a):
-            val = _compat.literal_value(a)
-            return Cst(val, frozenset(range(np.ndim(val))))
-        return env[a]
-
-    for v, c in zip(jp.constvars, consts):
-        env[v] = c if isinstance(c, (Cst, Sym, Flat)) else Cst(c, frozenset(i for i, s in enumerate(np.shape(c)) if s == 1))
-    for v, a in zip(jp.invars, args):
-        env[v] = a
-    for eqn in jp.eqns:
-        ins = [read(a) for a in eqn.invars]
-        outs = _apply(ctx, eqn, ins)
-        for var, val in zip(eqn.outvars, outs):
-            if not isinstance(var, _compat.DropVar):
-                env[var] = val
-    return [read(v) for v in jp.outvars]
+    return _compat.evaluate(jp, list(args), it, consts=[it.const(v, c) for v, c in zip(jp.constvars, consts)])
 
 
 def _apply(ctx: Ctx, eqn, ins) -> list[Any]:
@@ -508,63 +502,110 @@ def _apply(ctx: Ctx, eqn, ins) -> list[Any]:
         vals = _compat.bind_eqn(eqn, [c.val for c in ins])
         unis = _uniform_axes(eqn, ins) if ctx.strict else [frozenset()] * len(vals)
         return [Cst(v, u) for v, u in zip(vals, unis)]
-    sub = _compat.call_subjaxpr(eqn)
-    if name in _CALLS and sub is not None:
-        return interpret(ctx, sub, sub.consts, ins)
+    flat = any(isinstance(v, Flat) for v in ins[:2])
+    t = primitives.row(name)
+    # slots of the trait table: "matrix_state" on Sym operands, "matrix_state_flat" on the flat vector
+    rule = None if t is None else t.rules.get("matrix_state_flat" if flat else "matrix_state")
+    if rule is None:
+        _fail(f"primitive {name!r} on the flat state vector" if flat else f"primitive {name!r} applied to the state")
     out_shape = tuple(eqn.outvars[0].aval.shape) if eqn.outvars else ()
+    return rule(ctx, eqn, ins, out_shape)
+
+
+# ---- the ``matrix_state`` slots: rule(ctx, eqn, ins, out_shape) on Sym / Cst operands ---------
+@primitives.defrule("matrix_state", "add", "add_any", "sub")
+def _add_rule(ctx, eqn, ins, out_shape):
+    a, b = ins
+    sub = eqn.primitive.name == "sub"
+    if not _is_sym(a) or not _is_sym(b):
+        s = _broadcast_sym(a if _is_sym(a) else b, out_shape)
+        return [_neg(s, ctx.dtype) if (sub and not _is_sym(a)) else s]
+    return [_add(ctx, a, b, out_shape, sub=sub)]
+
+
+@primitives.defrule("matrix_state", "mul")
+def _mul_rule(ctx, eqn, ins, out_shape):
+    a, b = ins
+    if _is_sym(a) and _is_sym(b):
+        _fail("product of two state-dependent values (not linear)")
+    s, c = (a, b) if _is_sym(a) else (b, a)
+    return [_mul(ctx, s, c, out_shape)]
+
+
+@primitives.defrule("matrix_state", "div")
+def _div_rule(ctx, eqn, ins, out_shape):
+    a, b = ins
+    if _is_sym(b):
+        _fail("division by a state-dependent value (not linear)")
+    return [_mul(ctx, a, b, out_shape, inverse=True)]
+
+
+@primitives.defrule("matrix_state", "neg")
+def _neg_rule(ctx, eqn, ins, out_shape):
+    return [_neg(ins[0], ctx.dtype)]
+
+
+@primitives.defrule("matrix_state", "convert_element_type", "copy", "copy_p")
+def _convert_rule(ctx, eqn, ins, out_shape):
+    _check_rounding(ctx, eqn)
+    return [_convert(ins[0], eqn.outvars[0].aval.dtype)]
+
+
+@primitives.defrule("matrix_state", "transpose")
+def _transpose_rule(ctx, eqn, ins, out_shape):
+    return [_transpose(ins[0], eqn.params["permutation"])]
+
+
+@primitives.defrule("matrix_state", "broadcast_in_dim")
+def _broadcast_rule(ctx, eqn, ins, out_shape):
+    if len(ins) > 1:
+        _fail("dynamic broadcast of the state")
+    return [_broadcast_in_dim(ins[0], eqn.params["shape"], eqn.params["broadcast_dimensions"])]
+
+
+@primitives.defrule("matrix_state", "reshape", "squeeze", "expand_dims")
+@primitives.defrule("matrix_state_flat", "reshape", "squeeze", "expand_dims")
+def _reshape_rule(ctx, eqn, ins, out_shape):
+    return [_reshape(ctx, ins[0], out_shape)]
+
+
+@primitives.defrule("matrix_state", "reduce_sum")
+def _reduce_sum_rule(ctx, eqn, ins, out_shape):
+    return [_reduce_sum(ctx, ins[0], eqn.params["axes"])]
+
+
+@primitives.defrule("matrix_state", "dot_general")
+def _dot_general_rule(ctx, eqn, ins, out_shape):
+    _check_rounding(ctx, eqn)
+    return [_dot_general(ctx, eqn, ins)]
+
+
+# ---- the ``matrix_state_flat`` slots: the layout's moves of the flat state vector -------------
+@primitives.defrule("matrix_state_flat", "add", "add_any", "sub")
+def _flat_arith(ctx, eqn, ins, out_shape):
+    _fail("arithmetic on the flat state vector")
+
+
+@primitives.defrule("matrix_state_flat", "slice")
+def _flat_slice(ctx, eqn, ins, out_shape):
     x = ins[0]
-    if name in ("add", "add_any", "sub"):
-        a, b = ins
-        if not _is_sym(a) or not _is_sym(b):
-            s = a if _is_sym(a) else b
-            if isinstance(s, Flat):
-                _fail("arithmetic on the flat state vector")
-            s = _broadcast_sym(s, out_shape)
-            return [_neg(s, ctx.dtype) if (name == "sub" and not _is_sym(a)) else s]
-        if isinstance(a, Flat) or isinstance(b, Flat):
-            _fail("arithmetic on the flat state vector")
-        return [_add(ctx, a, b, out_shape, sub=(name == "sub"))]
-    if isinstance(x, Flat) or (len(ins) > 1 and isinstance(ins[1], Flat)):
-        if name in ("slice",) and tuple(eqn.params["start_indices"]) == (0,) and tuple(eqn.params["limit_indices"]) == (x.size,):
-            return [x]
-        if name == "concatenate" and len(ins) == 1:
-            return [x]
-        if name in ("reshape", "squeeze", "expand_dims"):
-            return [_reshape(ctx, x, out_shape)]
-        if name in ("convert_element_type", "copy", "copy_p"):
-            _check_rounding(ctx, eqn)
-            return [Flat(_convert(x.sym, eqn.outvars[0].aval.dtype), x.size)]
-        _fail(f"primitive {name!r} on the flat state vector")
-    if name == "mul":
-        a, b = ins
-        if _is_sym(a) and _is_sym(b):
-            _fail("product of two state-dependent values (not linear)")
-        s, c = (a, b) if _is_sym(a) else (b, a)
-        return [_mul(ctx, s, c, out_shape)]
-    if name == "div":
-        a, b = ins
-        if _is_sym(b):
-            _fail("division by a state-dependent value (not linear)")
-        return [_mul(ctx, a, b, out_shape, inverse=True)]
-    if name == "neg":
-        return [_neg(x, ctx.dtype)]
-    if name in ("convert_element_type", "copy", "copy_p"):
-        _check_rounding(ctx, eqn)
-        return [_convert(x, eqn.outvars[0].aval.dtype)]
-    if name == "transpose":
-        return [_transpose(x, eqn.params["permutation"])]
-    if name == "broadcast_in_dim":
-        if len(ins) > 1:
-            _fail("dynamic broadcast of the state")
-        return [_broadcast_in_dim(x, eqn.params["shape"], eqn.params["broadcast_dimensions"])]
-    if name in ("reshape", "squeeze", "expand_dims"):
-        return [_reshape(ctx, x, out_shape)]
-    if name == "reduce_sum":
-        return [_reduce_sum(ctx, x, eqn.params["axes"])]
-    if name == "dot_general":
-        _check_rounding(ctx, eqn)
-        return [_dot_general(ctx, eqn, ins)]
-    _fail(f"primitive {name!r} applied to the state")
+    if tuple(eqn.params["start_indices"]) == (0,) and tuple(eqn.params["limit_indices"]) == (x.size,):
+        return [x]
+    _fail("primitive 'slice' on the flat state vector")
+
+
+@primitives.defrule("matrix_state_flat", "concatenate")
+def _flat_concatenate(ctx, eqn, ins, out_shape):
+    if len(ins) == 1:
+        return [ins[0]]
+    _fail("primitive 'concatenate' on the flat state vector")
+
+
+@primitives.defrule("matrix_state_flat", "convert_element_type", "copy", "copy_p")
+def _flat_convert(ctx, eqn, ins, out_shape):
+    _check_rounding(ctx, eqn)
+    x = ins[0]
+    return [Flat(_convert(x.sym, eqn.outvars[0].aval.dtype), x.size)]
 
 
 def _check_rounding(ctx: Ctx, eqn) -> None:
@@ -710,6 +751,7 @@ class MatrixStatePass(Pass):
     name = "matrix_state"
     requires = ("structure", "linear")
     provides = ("matrix_state",)
+    refines = ("structure",)
 
     def run(self, rec, facts):
         from autopar.structure_matrix import kronecker_from_factors

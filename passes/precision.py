@@ -35,14 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from autopar import _compat
+from autopar import _compat, primitives
 from autopar.dtypes import is_inexact
 
-__all__ = ["rounds", "narrower", "storage_casts", "rounding_for", "Rounding", "ROUNDING_CANDIDATES"]
-
-#: Primitives that can lower precision (anything else keeps its operands' dtype).
-ROUNDING_CANDIDATES = frozenset({"convert_element_type", "reduce_precision", "dot_general", "conv_general_dilated",
-                                 "ragged_dot", "ragged_dot_general"})
+__all__ = ["rounds", "narrower", "storage_casts", "rounding_for", "Rounding"]
 
 
 def _finfo(dtype: Any):
@@ -74,7 +70,8 @@ def rounds(eqn: Any, exempt: frozenset = frozenset(), floor: Any = None) -> bool
     ``exempt``: ids of equations never counted; ``floor``: a float dtype — rounding to a
     precision at least ``floor``'s is not counted."""
     name = eqn.primitive.name
-    if name not in ROUNDING_CANDIDATES or id(eqn) in exempt:
+    t = primitives.row(name)
+    if t is None or not t.may_round or id(eqn) in exempt:  # (``may_round``: anything else keeps its dtype)
         return False
     if name == "reduce_precision":
         dt = _dtype(eqn.invars[0])
@@ -117,7 +114,9 @@ def rounding_for(rec: Any) -> Rounding:
     return Rounding(storage_casts(rec), floor)
 
 
-_MOVES = frozenset({"slice", "reshape", "squeeze", "expand_dims", "real", "copy", "copy_p", "split"})
+#: What ``trace``'s state layout emits to cut the flat vector into leaves (a property of that code,
+#: not of the primitives: a user's transpose or gather of h followed by a cast is *not* exempt).
+_LAYOUT_MOVES = ("slice", "reshape", "squeeze", "expand_dims", "real", "copy", "copy_p", "split")
 
 
 def storage_casts(rec: Any) -> frozenset:
@@ -135,7 +134,7 @@ def storage_casts(rec: Any) -> frozenset:
         if not eqn.invars or _compat.is_literal(eqn.invars[0]) or eqn.invars[0] not in moved:
             continue
         name = eqn.primitive.name
-        if name in _MOVES:
+        if name in _LAYOUT_MOVES:
             moved.update(eqn.outvars)
         elif name == "convert_element_type" and np.dtype(eqn.params["new_dtype"]) in leaf_dtypes:
             out.add(id(eqn))

@@ -36,28 +36,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from autopar import _compat
+from autopar import _compat, primitives
 from autopar.dtypes import is_inexact
 from . import bits
 from .base import Pass
 from .indexing import dynamic_slice_starts, gather_positions, scatter_positions
 from .interpret import Domain, propagate
 
-__all__ = ["SparsityDomain", "SparsityPass", "dependency", "ELEMENTWISE", "ZERO_DERIVATIVE", "RULES"]
-
-#: Primitives that act element by element (operands broadcast from scalars).
-ELEMENTWISE = frozenset(
-    """abs acos acosh add and asin asinh atan atan2 atanh cbrt ceil clamp complex conj convert_element_type
-    copy copy_p cos cosh digamma div eq erf erf_inv erfc exp exp2 expm1 floor ge gt igamma igammac imag integer_pow
-    is_finite le lgamma log log1p logistic lt max min mul ne neg nextafter not or pow real reduce_precision
-    rem round rsqrt select_n shift_left shift_right_arithmetic shift_right_logical sign sin sinh sqrt square
-    stop_gradient sub tan tanh xor population_count clz polygamma zeta bessel_i0e bessel_i1e random_gamma_grad
-    regularized_incomplete_beta""".split()
-)
-
-#: Float-valued primitives whose derivative is zero wherever it exists.
-ZERO_DERIVATIVE = frozenset({"floor", "ceil", "round", "sign", "stop_gradient"})
-
+__all__ = ["SparsityDomain", "SparsityPass", "dependency"]
 
 class SparsityDomain(Domain):
     name = "sparsity"
@@ -66,13 +52,45 @@ class SparsityDomain(Domain):
         super().__init__()
         self.D = n_state
         self.W = bits.words(n_state)
-        self.rules = dict(RULES)
-        from .rules import user_rules
-
-        self.rules.update(user_rules("sparsity", self))
         #: names of h-dependent custom_vjp / custom_jvp calls met (in order, without repeats).
         self.custom_vjp: dict[str, None] = {}
         self.custom_jvp: dict[str, None] = {}
+
+    def family_rule(self, t):
+        if t.zero_derivative:
+            return _zero_deriv
+        return _FAMILY.get(t.dataflow)
+
+    @staticmethod
+    def user_rule(name: str, spec: Any):
+        """A ``register_rule(sparsity=...)`` spec as a rule of this domain (see ``passes.rules``)."""
+        if spec == "elementwise":
+            return _elementwise
+        if spec == "dense":
+            return lambda dom, eqn, ins: dom.default(eqn, ins)
+        if spec == "zero":
+            return _zero_deriv
+
+        def rule(dom, eqn, ins):
+            deps = [None if v is None else bits.to_bool(v, a.aval.shape, dom.D) for v, a in zip(ins, eqn.invars)]
+            res = spec(eqn, deps)
+            if not isinstance(res, (list, tuple)) or len(res) != len(eqn.outvars):
+                raise ValueError(f"user sparsity rule for {name!r} must return a list of {len(eqn.outvars)} values "
+                                 f"(one per output); got {type(res).__name__}.")
+            outs = []
+            for r, var in zip(res, eqn.outvars):
+                if r is None:
+                    outs.append(None)
+                    continue
+                r = np.asarray(r, bool)
+                want = tuple(var.aval.shape) + (dom.D,)
+                if r.shape != want:
+                    raise ValueError(f"user sparsity rule for {name!r} returned shape {r.shape}; expected {want} "
+                                     "(output shape + (D,)).")
+                outs.append(bits.from_bool(r, dom.D))
+            return outs
+
+        return rule
 
     # ---- lattice -----------------------------------------------------------------
     def const(self, aval: Any) -> Any:
@@ -118,9 +136,12 @@ class SparsityDomain(Domain):
             return bits.zeros(shape, self.D)
         return bits.broadcast(value, shape)
 
-    def apply(self, eqn, ins):
+    def enters(self, eqn, ins):
         if _compat.is_custom_vjp(eqn) and any(v is not None for v in ins):
             self.custom_vjp[_compat.call_name(eqn)] = None
+        return super().enters(eqn, ins)
+
+    def apply(self, eqn, ins):
         outs = super().apply(eqn, ins)
         # Integer / bool values carry no derivative.
         return [None if (o is None or not _inexact(v.aval)) else self._normalise(o, v.aval)
@@ -146,37 +167,43 @@ def _shape(eqn, i=0):
     return tuple(eqn.outvars[i].aval.shape)
 
 
-# ---- rules ------------------------------------------------------------------------------
+# ---- rules (family rules in _FAMILY, per-primitive slots filled with primitives.defrule) ----------
 def _elementwise(dom: SparsityDomain, eqn, ins):
-    name = eqn.primitive.name
-    known = dom.known_in
-    if name in ZERO_DERIVATIVE:
-        return [None for _ in eqn.outvars]
-    shape = _shape(eqn)
-    if name == "select_n":
-        pred, cases = known[0], ins[1:]
-        if pred is not None:
-            sel = np.broadcast_to(np.asarray(pred).astype(np.int64), shape)
-            acc = None
-            for k, c in enumerate(cases):
-                if c is None:
-                    continue
-                m = (sel == k)[..., None]
-                part = np.where(m, bits.broadcast(c, shape), np.uint64(0))
-                acc = part if acc is None else acc | part
-            return [acc]
+    """Family ``elementwise``: output element e depends on what element e of each operand does."""
+    acc = bits.union(*ins)  # (``apply`` brings it to each output's full shape)
+    return [acc for _ in eqn.outvars]
+
+
+@primitives.defrule("sparsity", "select_n")
+def _select_n(dom, eqn, ins):
+    """Exact when the predicate is known: element e reads the case it selects."""
+    pred, cases = dom.known_in[0], ins[1:]
+    if pred is None:
         return [bits.union(*cases)]
-    if name in ("mul", "and") and len(ins) == 2:
-        out = bits.union(*ins)
-        if out is None:
-            return [None]
-        for v, k in zip(ins, known):
-            if k is not None and v is None:
-                nz = np.broadcast_to(np.asarray(k) != 0, shape)[..., None]
-                out = np.where(nz, bits.broadcast(out, shape), np.uint64(0))
-        return [out]
+    shape = _shape(eqn)
+    sel = np.broadcast_to(np.asarray(pred).astype(np.int64), shape)
+    acc = None
+    for k, c in enumerate(cases):
+        if c is None:
+            continue
+        m = (sel == k)[..., None]
+        part = np.where(m, bits.broadcast(c, shape), np.uint64(0))
+        acc = part if acc is None else acc | part
+    return [acc]
+
+
+@primitives.defrule("sparsity", "mul")
+def _mul(dom, eqn, ins):
+    """Elementwise, and exact where a known operand is zero."""
     out = bits.union(*ins)
-    return [out for _ in eqn.outvars]
+    if out is None:
+        return [None]
+    shape = _shape(eqn)
+    for v, k in zip(ins, dom.known_in):
+        if k is not None and v is None:
+            nz = np.broadcast_to(np.asarray(k) != 0, shape)[..., None]
+            out = np.where(nz, bits.broadcast(out, shape), np.uint64(0))
+    return [out]
 
 
 def _broadcast_in_dim(dom, eqn, ins):
@@ -424,44 +451,16 @@ def _custom_jvp(dom, eqn, ins):
     return outs
 
 
-RULES = {name: _elementwise for name in ELEMENTWISE}
-RULES.update(
-    broadcast_in_dim=_broadcast_in_dim,
-    reshape=_reshape_like_out,
-    squeeze=_reshape_like_out,
-    expand_dims=_reshape_like_out,
-    transpose=_transpose,
-    slice=_slice,
-    concatenate=_concatenate,
-    pad=_pad,
-    rev=_rev,
-    reduce_sum=_reduce,
-    reduce_max=_reduce,
-    reduce_min=_reduce,
-    reduce_prod=_reduce,
-    reduce_and=_reduce,
-    reduce_or=_reduce,
-    argmax=_zero_deriv,
-    argmin=_zero_deriv,
-    iota=_zero_deriv,
-    cumsum=_cumulative,
-    cumprod=_cumulative,
-    cummax=_cumulative,
-    cummin=_cumulative,
-    cumlogsumexp=_cumulative,
-    dot_general=_dot_general,
-    gather=_gather,
-    scatter=_scatter,
-    dynamic_slice=_dynamic_slice,
-    dynamic_update_slice=_dynamic_update_slice,
-    split=_split,
-    sort=_sort,
-    top_k=_top_k,
-    custom_jvp_call=_custom_jvp,
-)
-for _n in ("scatter-add", "scatter_add", "scatter-mul", "scatter_mul", "scatter-min", "scatter_min", "scatter-max",
-           "scatter_max", "scatter-sub", "scatter_sub"):
-    RULES[_n] = _scatter
+_FAMILY = {"elementwise": _elementwise, "reduction": _reduce, "cumulative": _cumulative}
+primitives.defrule("sparsity", "broadcast_in_dim")(_broadcast_in_dim)
+primitives.defrule("sparsity", "reshape", "squeeze", "expand_dims")(_reshape_like_out)
+for _name, _rule in (("transpose", _transpose), ("slice", _slice), ("concatenate", _concatenate), ("pad", _pad),
+                     ("rev", _rev), ("dot_general", _dot_general), ("gather", _gather), ("dynamic_slice", _dynamic_slice),
+                     ("dynamic_update_slice", _dynamic_update_slice), ("split", _split), ("sort", _sort),
+                     ("top_k", _top_k), ("custom_jvp_call", _custom_jvp)):
+    primitives.defrule("sparsity", _name)(_rule)
+primitives.defrule("sparsity", *sorted(primitives.names_where(lambda t: t.name.startswith("scatter"))))(_scatter)
+del _name, _rule
 
 
 def dependency(rec: Any) -> tuple[list[Any], set[str], list[int]]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from autopar import _compat
+from autopar import _compat, primitives
 from autopar.structure import recognise
 
 from .base import Pass
@@ -32,9 +32,6 @@ from .graph import greedy_colouring, triangular_blocks
 from .interpret import Domain, propagate
 
 __all__ = ["StructurePass", "HolomorphyPass", "ColouringPass", "structure_from_pattern", "reads_state"]
-
-#: Primitives that are not complex-differentiable when applied to an h-dependent complex value.
-NON_HOLOMORPHIC = frozenset({"real", "imag", "conj", "abs", "sign", "max", "min", "gt", "ge", "lt", "le", "eq", "ne"})
 
 
 class _DependsDomain(Domain):
@@ -68,7 +65,8 @@ class _DependsDomain(Domain):
             complex_to_real = name == "convert_element_type" and complex_in and not np.issubdtype(
                 np.dtype(eqn.params["new_dtype"]), np.complexfloating
             )
-            if complex_in and (name in NON_HOLOMORPHIC or complex_to_real):
+            t = primitives.row(name)
+            if complex_in and ((t is not None and not t.holomorphic) or complex_to_real):
                 self.offenders.add(name)
         return [dep for _ in eqn.outvars]
 
@@ -142,7 +140,8 @@ class ColouringPass(Pass):
 
     name = "colouring"
     requires = ("sparsity", "structure")
-    provides = ("colors", "notes")
+    provides = ("colors",)
+    refines = ("notes",)
 
     def run(self, rec, facts):
         S = np.asarray(facts["sparsity"], bool)

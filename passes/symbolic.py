@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from autopar import _compat, primitives
 from autopar.dtypes import is_inexact
 from .base import Pass
 from .precision import Rounding, rounding_for
@@ -55,14 +56,14 @@ def _sympy():
     return _SYMPY
 
 
-#: Primitives whose presence keeps a cell polynomial in h (checked before importing sympy).
-_POLY = frozenset("""add sub mul div neg integer_pow square convert_element_type copy copy_p broadcast_in_dim reshape
-    squeeze expand_dims transpose slice concatenate rev reduce_sum dot_general jit pjit""".split())
+def _polynomial(name: str) -> bool:
+    """The row keeps a cell polynomial in h (``polynomial`` in ``autopar.primitives``; checked before
+    importing sympy)."""
+    t = primitives.row(name)
+    return t is not None and t.polynomial
 
 
 def _all_prims(jaxpr, out=None):
-    from autopar import _compat
-
     out = set() if out is None else out
     for eqn in jaxpr.jaxpr.eqns:
         out.add(eqn.primitive.name)
@@ -108,28 +109,27 @@ def _arr(x, shape=()):
     return a
 
 
+class _Symbolic(_compat.Interpreter):
+    """Values are object arrays of sympy expressions; calls are walked, constants become numbers."""
+
+    def __init__(self, sp, sigma, rounding):
+        self.sp, self.sigma, self.rounding = sp, sigma, rounding or Rounding()
+
+    def literal(self, atom):
+        return _num(np.asarray(_compat.literal_value(atom)), self.sp)
+
+    def const(self, var, value):
+        return _num(np.asarray(value), self.sp)
+
+    def enters(self, eqn, ins):
+        return True
+
+    def equation(self, eqn, ins):
+        return _rule(eqn, ins, self.sp, self.sigma, self.rounding)
+
+
 def _eval(jaxpr, consts_syms, args, sp, sigma, rounding=None):
-    from autopar import _compat
-
-    jp = jaxpr.jaxpr
-    env = {}
-
-    def read(a):
-        if _compat.is_literal(a):
-            v = np.asarray(_compat.literal_value(a))
-            return _num(v, sp)
-        return env[a]
-
-    for v, c in zip(jp.constvars, consts_syms):
-        env[v] = c
-    for v, a in zip(jp.invars, args):
-        env[v] = a
-    for eqn in jp.eqns:
-        ins = [read(a) for a in eqn.invars]
-        outs = _rule(eqn, ins, sp, sigma, rounding)
-        for var, val in zip(eqn.outvars, outs):
-            env[var] = val
-    return [read(v) for v in jp.outvars]
+    return _compat.evaluate(jaxpr, args, _Symbolic(sp, sigma, rounding), consts=consts_syms)
 
 
 def _num(v, sp):
@@ -156,71 +156,122 @@ def _binary(fn):
 
 
 def _rule(eqn, ins, sp, sigma, rounding=None):
-    from autopar import _compat
-
     name = eqn.primitive.name
-    p = eqn.params
-    shape = tuple(eqn.outvars[0].aval.shape) if eqn.outvars else ()
     if (rounding or Rounding())(eqn):
         raise _Unsupported(f"{name} lowers the precision (rounding has no exact formula)")
-    sub = _compat.call_subjaxpr(eqn)
-    if sub is not None and name not in ("scan", "while", "cond"):
-        return _eval(sub, [_num(np.asarray(c), sp) for c in sub.consts], ins, sp, sigma, rounding)
-    table = {
-        "add": _binary(lambda a, b: a + b), "sub": _binary(lambda a, b: a - b), "mul": _binary(lambda a, b: a * b),
-        "div": _binary(lambda a, b: a / b), "neg": _unary(lambda a: -a), "exp": _unary(sp.exp), "log": _unary(sp.log),
-        "tanh": _unary(sp.tanh), "sin": _unary(sp.sin), "cos": _unary(sp.cos), "logistic": _unary(sigma),
-        "sqrt": _unary(sp.sqrt), "rsqrt": _unary(lambda a: 1 / sp.sqrt(a)), "abs": _unary(sp.Abs),
-        "max": _binary(sp.Max), "min": _binary(sp.Min), "square": _unary(lambda a: a**2),
-        "log1p": _unary(lambda a: sp.log(1 + a)), "expm1": _unary(lambda a: sp.exp(a) - 1),
-        "pow": _binary(lambda a, b: a**b),
-        "gt": _binary(lambda a, b: sp.StrictGreaterThan(a, b)), "lt": _binary(lambda a, b: sp.StrictLessThan(a, b)),
-        "ge": _binary(lambda a, b: sp.GreaterThan(a, b)), "le": _binary(lambda a, b: sp.LessThan(a, b)),
-    }
-    if name in table:
-        return [table[name](ins)]
-    if name == "integer_pow":
-        return [_unary(lambda a: a ** p["y"])(ins)]
-    if name in ("convert_element_type", "copy", "copy_p", "reduce_precision"):
-        if not is_inexact(eqn.outvars[0].aval.dtype):
-            raise _Unsupported(name)
-        return [ins[0]]
-    if name == "select_n":
-        pred, *cases = ins
-        if len(cases) != 2:
-            raise _Unsupported(name)
-        f = np.vectorize(lambda c, a, b: sp.Piecewise((b, c), (a, True)), otypes=[object])
-        return [f(pred, cases[0], cases[1])]
-    if name == "broadcast_in_dim":
-        x = ins[0]
-        expanded = [1] * len(p["shape"])
-        for i, d in enumerate(p["broadcast_dimensions"]):
-            expanded[d] = x.shape[i]
-        return [np.broadcast_to(x.reshape(expanded), tuple(p["shape"])).copy()]
-    if name in ("reshape", "squeeze", "expand_dims"):
-        return [ins[0].reshape(shape)]
-    if name == "transpose":
-        return [np.transpose(ins[0], p["permutation"])]
-    if name == "slice":
-        strides = p.get("strides") or (1,) * len(p["start_indices"])
-        return [ins[0][tuple(slice(s, l, st) for s, l, st in zip(p["start_indices"], p["limit_indices"], strides))]]
-    if name == "concatenate":
-        return [np.concatenate(ins, axis=p["dimension"])]
-    if name == "rev":
-        return [np.flip(ins[0], p["dimensions"])]
-    if name == "reduce_sum":
-        out = np.empty(shape, dtype=object)
-        moved = np.moveaxis(ins[0], p["axes"], list(range(len(p["axes"])))) if p["axes"] else ins[0]
-        red = moved.reshape((-1,) + shape)
-        for idx in np.ndindex(shape):
-            out[idx] = sp.Add(*red[(slice(None),) + idx])
-        return [out]
-    if name == "dot_general":
-        (lc, rc), (lb, rb) = p["dimension_numbers"]
-        if lb or rb:
-            raise _Unsupported("batched dot_general")
-        return [np.tensordot(ins[0], ins[1], axes=(list(lc), list(rc))).reshape(shape)]
-    raise _Unsupported(name)
+    t = primitives.row(name)
+    rule = None if t is None else t.rules.get("symbolic")
+    if rule is None:
+        raise _Unsupported(name)
+    return rule(eqn, ins, sp, sigma)
+
+
+# ---- the ``symbolic`` slots: rule(eqn, ins (object arrays), sympy, sigma) -> outputs ----------
+def _defunary(names: str, fn):
+    primitives.defrule("symbolic", *names.split())(lambda eqn, ins, sp, sigma: [_unary(fn(sp, sigma))(ins)])
+
+
+def _defbinary(names: str, fn):
+    primitives.defrule("symbolic", *names.split())(lambda eqn, ins, sp, sigma: [_binary(fn(sp, sigma))(ins)])
+
+
+_defbinary("add", lambda sp, s: lambda a, b: a + b)
+_defbinary("sub", lambda sp, s: lambda a, b: a - b)
+_defbinary("mul", lambda sp, s: lambda a, b: a * b)
+_defbinary("div", lambda sp, s: lambda a, b: a / b)
+_defbinary("pow", lambda sp, s: lambda a, b: a**b)
+_defbinary("max", lambda sp, s: sp.Max)
+_defbinary("min", lambda sp, s: sp.Min)
+_defbinary("gt", lambda sp, s: sp.StrictGreaterThan)
+_defbinary("lt", lambda sp, s: sp.StrictLessThan)
+_defbinary("ge", lambda sp, s: sp.GreaterThan)
+_defbinary("le", lambda sp, s: sp.LessThan)
+_defunary("neg", lambda sp, s: lambda a: -a)
+_defunary("square", lambda sp, s: lambda a: a**2)
+_defunary("rsqrt", lambda sp, s: lambda a: 1 / sp.sqrt(a))
+_defunary("log1p", lambda sp, s: lambda a: sp.log(1 + a))
+_defunary("expm1", lambda sp, s: lambda a: sp.exp(a) - 1)
+_defunary("logistic", lambda sp, s: s)
+_defunary("abs", lambda sp, s: sp.Abs)
+for _n in ("exp", "log", "tanh", "sin", "cos", "sqrt"):
+    _defunary(_n, lambda sp, s, _n=_n: getattr(sp, _n))
+del _n
+
+
+@primitives.defrule("symbolic", "integer_pow")
+def _sym_integer_pow(eqn, ins, sp, sigma):
+    return [_unary(lambda a: a ** eqn.params["y"])(ins)]
+
+
+@primitives.defrule("symbolic", "convert_element_type", "copy", "copy_p", "reduce_precision")
+def _sym_same(eqn, ins, sp, sigma):
+    if not is_inexact(eqn.outvars[0].aval.dtype):
+        raise _Unsupported(eqn.primitive.name)
+    return [ins[0]]
+
+
+@primitives.defrule("symbolic", "select_n")
+def _sym_select_n(eqn, ins, sp, sigma):
+    pred, *cases = ins
+    if len(cases) != 2:
+        raise _Unsupported("select_n")
+    f = np.vectorize(lambda c, a, b: sp.Piecewise((b, c), (a, True)), otypes=[object])
+    return [f(pred, cases[0], cases[1])]
+
+
+@primitives.defrule("symbolic", "broadcast_in_dim")
+def _sym_broadcast_in_dim(eqn, ins, sp, sigma):
+    x, p = ins[0], eqn.params
+    expanded = [1] * len(p["shape"])
+    for i, d in enumerate(p["broadcast_dimensions"]):
+        expanded[d] = x.shape[i]
+    return [np.broadcast_to(x.reshape(expanded), tuple(p["shape"])).copy()]
+
+
+@primitives.defrule("symbolic", "reshape", "squeeze", "expand_dims")
+def _sym_reshape(eqn, ins, sp, sigma):
+    return [ins[0].reshape(tuple(eqn.outvars[0].aval.shape))]
+
+
+@primitives.defrule("symbolic", "transpose")
+def _sym_transpose(eqn, ins, sp, sigma):
+    return [np.transpose(ins[0], eqn.params["permutation"])]
+
+
+@primitives.defrule("symbolic", "slice")
+def _sym_slice(eqn, ins, sp, sigma):
+    p = eqn.params
+    strides = p.get("strides") or (1,) * len(p["start_indices"])
+    return [ins[0][tuple(slice(s, l, st) for s, l, st in zip(p["start_indices"], p["limit_indices"], strides))]]
+
+
+@primitives.defrule("symbolic", "concatenate")
+def _sym_concatenate(eqn, ins, sp, sigma):
+    return [np.concatenate(ins, axis=eqn.params["dimension"])]
+
+
+@primitives.defrule("symbolic", "rev")
+def _sym_rev(eqn, ins, sp, sigma):
+    return [np.flip(ins[0], eqn.params["dimensions"])]
+
+
+@primitives.defrule("symbolic", "reduce_sum")
+def _sym_reduce_sum(eqn, ins, sp, sigma):
+    axes, shape = eqn.params["axes"], tuple(eqn.outvars[0].aval.shape)
+    out = np.empty(shape, dtype=object)
+    moved = np.moveaxis(ins[0], axes, list(range(len(axes)))) if axes else ins[0]
+    red = moved.reshape((-1,) + shape)
+    for idx in np.ndindex(shape):
+        out[idx] = sp.Add(*red[(slice(None),) + idx])
+    return [out]
+
+
+@primitives.defrule("symbolic", "dot_general")
+def _sym_dot_general(eqn, ins, sp, sigma):
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    if lb or rb:
+        raise _Unsupported("batched dot_general")
+    return [np.tensordot(ins[0], ins[1], axes=(list(lc), list(rc))).reshape(tuple(eqn.outvars[0].aval.shape))]
 
 
 def symbolic_outputs(rec: Any):
@@ -295,14 +346,15 @@ class SymbolicPass(Pass):
 
     name = "symbolic"
     requires = ("degree",)
-    provides = ("formula", "sympy_affine", "degree", "linear", "degree_detail", "notes")
+    provides = ("formula", "sympy_affine")
+    refines = ("degree", "linear", "degree_detail", "notes")
 
     def run(self, rec, facts):
         out = {"formula": None, "sympy_affine": None}
         if rec.size == 0 or rec.size > MAX_D or len(rec.step_jaxpr.jaxpr.eqns) > MAX_EQNS or rec.n_discrete:
             return out
         out["formula"] = LazyFormula(rec)
-        if facts.get("degree") in ("affine", "constant") or not _all_prims(rec.step_jaxpr) <= _POLY:
+        if facts.get("degree") in ("affine", "constant") or not all(map(_polynomial, _all_prims(rec.step_jaxpr))):
             return out
         res = symbolic_outputs(rec)
         if res is None:

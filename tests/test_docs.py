@@ -39,12 +39,14 @@ def private_registries():
     so other tests (and the example that registers the same names) start from the defaults."""
     from autopar.passes import base, rules
 
-    passes, user_rules = dict(base._REGISTRY), {k: dict(v) for k, v in rules._USER.items()}
+    passes, user_rules = dict(base._REGISTRY), rules.registered_rules()
     yield
     base._REGISTRY.clear()
     base._REGISTRY.update(passes)
-    rules._USER.clear()
-    rules._USER.update(user_rules)
+    for name in rules.registered_rules():
+        rules.unregister_rule(name)
+    for name, entry in user_rules.items():
+        rules.register_rule(name, **entry, override=True)
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=lambda p: p.name)

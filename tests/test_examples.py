@@ -22,6 +22,7 @@ QUICK_ARGS = {
     "custom_pass.py": [],
     "custom_kind.py": [],
     "custom_solver.py": [],
+    "custom_rule.py": [],
     "train_diag_gru.py": ["--steps", "3"],
 }
 

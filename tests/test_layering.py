@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent / "autopar"
 
 #: Lowest first. A module may import modules of its own layer or of a lower one.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundation", ("autopar._compat", "autopar.dtypes", "autopar.errors")),
+    ("foundation", ("autopar.primitives", "autopar._compat", "autopar.dtypes", "autopar.errors")),
     ("structure", ("autopar.structure", "autopar.structure_matrix", "autopar.kinds", "autopar.kinds.*")),
     ("costs", ("autopar.costs",)),
     ("trace", ("autopar.trace",)),
@@ -34,13 +34,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("package", ("autopar", "autopar.calibrate")),
 )
 
-#: Cycles still being taken apart (issue 12). The test fails when one is gone and still listed,
-#: so this list only shrinks; it must end empty.
-KNOWN_CYCLES: list[frozenset[str]] = [
-    frozenset({"autopar.passes.linearity", "autopar.passes.rules", "autopar.passes.sparsity"}),
-]
-#: (importer, imported) layer violations still being removed; same rule as KNOWN_CYCLES.
-KNOWN_VIOLATIONS: set[tuple[str, str]] = set()
 
 JAX_INTERNALS = re.compile(r"\bjax\._src\b|\bjax\.extend\b|\bjax\.interpreters\b|\bjax\.core\b|from jax import core\b")
 
@@ -101,22 +94,16 @@ def test_every_module_has_a_layer(graph):
 def test_no_import_cycles(graph):
     _, edges = graph
     g = nx.DiGraph([(a, b) for a, bs in edges.items() for b in bs])
-    cycles = {frozenset(c) for c in nx.strongly_connected_components(g) if len(c) > 1}
-    new = [sorted(c) for c in cycles if c not in KNOWN_CYCLES]
-    gone = [sorted(c) for c in KNOWN_CYCLES if c not in cycles]
-    assert not new, f"import cycles: {new}"
-    assert not gone, f"these cycles are gone: remove them from KNOWN_CYCLES: {gone}"
+    cycles = [sorted(c) for c in nx.strongly_connected_components(g) if len(c) > 1]
+    assert not cycles, f"import cycles: {cycles}"
 
 
 def test_imports_respect_layers(graph):
     _, edges = graph
     bad = {(a, b) for a, bs in edges.items() for b in bs if _layer(b) > _layer(a)}
-    new = sorted(bad - KNOWN_VIOLATIONS)
-    gone = sorted(KNOWN_VIOLATIONS - bad)
     names = [n for n, _ in LAYERS]
-    assert not new, "imports from a higher layer (" + " < ".join(names) + "): " + ", ".join(
-        f"{a} ({names[_layer(a)]}) imports {b} ({names[_layer(b)]})" for a, b in new)
-    assert not gone, f"these violations are gone: remove them from KNOWN_VIOLATIONS: {gone}"
+    assert not bad, "imports from a higher layer (" + " < ".join(names) + "): " + ", ".join(
+        f"{a} ({names[_layer(a)]}) imports {b} ({names[_layer(b)]})" for a, b in sorted(bad))
 
 
 def test_jax_internals_only_in_compat(graph):

@@ -134,3 +134,48 @@ def test_cached_analysis_is_redone_when_folded_constants_change():
     r2 = fn.explain(h0, xs)
     assert not np.array_equal(r1.sparsity, r2.sparsity)
     np.testing.assert_array_equal(r2.sparsity, np.eye(4, dtype=bool)[[3, 2, 1, 0]])
+
+
+def test_pass_manager_enforces_declared_facts():
+    """A pass returning an undeclared fact, or omitting one it provides, is a PassError naming both."""
+    from autopar.passes import PassManager
+
+    class Sloppy(Pass):
+        name = "sloppy"
+        requires = ("sparsity",)
+        provides = ("sloppy_a",)
+
+        def run(self, rec, facts):
+            return {"sloppy_a": 1, "sloppy_b": 2}
+
+    class Forgetful(Pass):
+        name = "forgetful"
+        provides = ("forgot_a", "forgot_b")
+
+        def run(self, rec, facts):
+            return {"forgot_a": 1}
+
+    class Refiner(Pass):  # may overwrite another pass's fact without providing it every time
+        name = "refiner"
+        provides = ("refiner_ran",)
+        refines = ("notes",)
+
+        def run(self, rec, facts):
+            return {"refiner_ran": True, "notes": list(facts.get("notes", [])) + ["refined"]}
+
+    base = autopar.passes.registered_passes()
+    rec, _ = analyse_cell(lambda h, x: jnp.tanh(h) * x, jnp.zeros(3, F64), jnp.ones((2, 3), F64))
+    with pytest.raises(PassError, match=r"'sloppy' returned fact 'sloppy_b', which it does not declare"):
+        PassManager(base + [Sloppy()]).run(rec)
+    with pytest.raises(PassError, match=r"'forgetful' declares fact 'forgot_b' in `provides` but did not return it"):
+        PassManager(base + [Forgetful()]).run(rec)
+    facts = PassManager(base + [Refiner()]).run(rec)
+    assert facts["refiner_ran"] and facts["notes"][-1] == "refined"
+    assert facts["step_ops"] == autopar.costs.step_ops(rec.step_jaxpr)
+
+
+def test_every_builtin_pass_declares_what_it_returns():
+    for cell in (lambda h, x: jnp.tanh(h) * x, lambda h, x: 0.5 * h + x):
+        analyse_cell(cell, jnp.zeros(3, F64), jnp.ones((2, 3), F64))  # raises PassError if not
+    S = jnp.zeros((3, 3), F64)
+    analyse_cell(lambda S, x: S @ (jnp.eye(3) * 0.5) + x, S, jnp.ones((2, 3, 3), F64))  # matrix_state refines

@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from autopar import _compat
+from autopar import _compat, primitives
 from autopar.structure import Dense
 
 from .linear import linearize_steps
@@ -159,38 +159,35 @@ def _shape_of(term):
     return jnp.shape(term.s)
 
 
-#: Primitives that move rows without arithmetic: apply them to s, idx and C's rows.
-_ROW_OPS = frozenset(
-    """reshape squeeze expand_dims transpose rev slice dynamic_slice gather broadcast_in_dim copy copy_p""".split()
-)
-#: Primitives linear in their single h-dependent operand.
-_LINEAR_OPS = frozenset({"dot_general", "reduce_sum", "cumsum", "conv_general_dilated"})
+def _linear_map(t) -> bool:
+    """Linear in a single h-dependent operand, mixing elements (dot_general, reduce_sum, cumsum, conv)."""
+    return t.multilinear and t.dataflow in ("contraction", "reduction", "cumulative")
 
 
 def _zero(dtype):
     return np.zeros((), dtype)
 
 
+class _Diagonal(_compat.Interpreter):
+    """Values are (value, terms | None) pairs; a call on h is walked (custom_vjp calls too: the
+    forward problem differentiates their primal), except custom_jvp calls (see ``_custom_jvp``)."""
+
+    def literal(self, atom):
+        return _compat.literal_value(atom), None
+
+    def const(self, var, c):
+        return c, None
+
+    def enters(self, eqn, ins):
+        return any(t is not None for _, t in ins) and not _compat.is_custom_jvp(eqn)
+
+    def equation(self, eqn, ins):
+        return _apply(eqn, ins)
+
+
 def _eval_jaxpr(jaxpr, consts, args):
     """Evaluate ``jaxpr`` on (value, terms|None) pairs."""
-    env: dict = {}
-
-    def read(atom):
-        if _compat.is_literal(atom):
-            return _compat.literal_value(atom), None
-        return env[atom]
-
-    for var, c in zip(jaxpr.constvars, consts):
-        env[var] = (c, None)
-    for var, a in zip(jaxpr.invars, args):
-        env[var] = a
-    for eqn in jaxpr.eqns:
-        ins = [read(a) for a in eqn.invars]
-        outs = _apply(eqn, ins)
-        for var, o in zip(eqn.outvars, outs):
-            if not isinstance(var, _compat.DropVar):
-                env[var] = o
-    return [read(v) for v in jaxpr.outvars]
+    return _compat.evaluate(jaxpr, list(args), _Diagonal(), consts=[(c, None) for c in consts])
 
 
 def _bind(eqn, vals):
@@ -212,41 +209,51 @@ def _apply(eqn, ins):
         return [(o, None) for o in _bind(eqn, vals)]
     if _compat.is_custom_jvp(eqn):
         return _custom_jvp(eqn, vals, terms)
-    sub = _compat.call_subjaxpr(eqn)
-    if sub is not None and len(sub.jaxpr.invars) == len(ins):
-        # (custom_vjp calls too: the forward problem differentiates their primal)
-        return _eval_jaxpr(sub.jaxpr, sub.consts, ins)
-    from autopar.passes.sparsity import ELEMENTWISE
-
+    t = primitives.row(name)
+    if t is None:
+        raise Unsupported(f"no diagonal rule for primitive {name!r}")
     outs = _bind(eqn, vals)
-    if name in ELEMENTWISE:
+    slot = t.rules.get("diagonal")
+    if slot is not None:
+        return slot(eqn, vals, terms, outs)
+    if t.elementwise:
         return _elementwise(eqn, vals, terms, outs)
-    if name in _ROW_OPS:
+    if t.selects:  # moves rows without arithmetic: apply it to s, idx and C's rows
         if any(dep[1:]):
             raise Unsupported(f"{name} with an h-dependent index operand")
         rest = vals[1:]
         g = lambda a: _bind1(eqn, [a, *rest])  # noqa: E731
-        return [(outs[0], [t.rows(g) for t in terms[0]])]
-    if name == "split":
-        res = []
-        for k, o in enumerate(outs):
-            g = lambda a, k=k: _bind(eqn, [a])[k]  # noqa: E731
-            res.append((o, [t.rows(g) for t in terms[0]]))
-        return res
-    if name == "pad":
-        if dep[1]:
-            raise Unsupported("pad with an h-dependent padding value")
-        cfg = eqn.params["padding_config"]
-        g = lambda a: jax.lax.pad(a, _zero(a.dtype), cfg)  # noqa: E731
-        return [(outs[0], [t.rows(g) for t in terms[0]])]
-    if name == "concatenate":
-        return [(outs[0], _concatenate(eqn, vals, terms))]
-    if name in _LINEAR_OPS:
+        return [(outs[0], [u.rows(g) for u in terms[0]])]
+    if _linear_map(t):
         if sum(dep) != 1:
             raise Unsupported(f"{name} of two h-dependent operands (not linear in h)")
         j = dep.index(True)
         return [(outs[0], _linear(eqn, vals, j, terms[j], outs[0]))]
     raise Unsupported(f"no diagonal rule for primitive {name!r}")
+
+
+# ---- ``diagonal`` slots of the trait table: rule(eqn, vals, terms, outs) -> [(value, terms)] -----
+@primitives.defrule("diagonal", "split")
+def _split(eqn, vals, terms, outs):
+    res = []
+    for k, o in enumerate(outs):
+        g = lambda a, k=k: _bind(eqn, [a])[k]  # noqa: E731
+        res.append((o, [u.rows(g) for u in terms[0]]))
+    return res
+
+
+@primitives.defrule("diagonal", "pad")
+def _pad(eqn, vals, terms, outs):
+    if terms[1] is not None:
+        raise Unsupported("pad with an h-dependent padding value")
+    cfg = eqn.params["padding_config"]
+    g = lambda a: jax.lax.pad(a, _zero(a.dtype), cfg)  # noqa: E731
+    return [(outs[0], [u.rows(g) for u in terms[0]])]
+
+
+@primitives.defrule("diagonal", "concatenate")
+def _concatenate_rule(eqn, vals, terms, outs):
+    return [(outs[0], _concatenate(eqn, vals, terms))]
 
 
 def _elementwise(eqn, vals, terms, outs):

@@ -754,6 +754,7 @@ class MatrixStatePass(Pass):
     refines = ("structure",)
 
     def run(self, rec, facts):
+        from autopar.structure import Scalar
         from autopar.structure_matrix import kronecker_from_factors
 
         leaves = rec.layout.diff_leaves
@@ -784,6 +785,7 @@ class MatrixStatePass(Pass):
         out = {"matrix_state": info}
         if f.dkind == "zero" and f.rank == 0:
             return out
-        if current is None or current.order > 2:  # tighter than diagonal/block/dense; keep zero/identity/scalar
+        # keep what holds over the whole state (zero / identity / scalar); replace pattern kinds
+        if current is None or current.order > Scalar.order:
             out["structure"] = kron
         return out

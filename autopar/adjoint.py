@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from .dtypes import expand_cotangents, float_vjp, zeros_cotangent
+from .registry import Registry
 from .solvers import get_solver, pricing, solver_names
 from .solvers.linear import linear_scan, linearize_steps
 
@@ -112,15 +113,13 @@ class Adjoint:
         return solve
 
 
-_ADJOINTS: dict[str, Adjoint] = {}
+_ADJOINTS = Registry("adjoint strategy")
 
 
 def register_adjoint(adjoint: Adjoint | type, *, override: bool = False):
     """Add a strategy (an instance, or a class to instantiate; usable as a class decorator)."""
     inst = adjoint() if isinstance(adjoint, type) else adjoint
-    if inst.name in _ADJOINTS and not override:
-        raise ValueError(f"an adjoint named {inst.name!r} is already registered; pass override=True to replace it.")
-    _ADJOINTS[inst.name] = inst
+    _ADJOINTS.add(inst.name, inst, override=override)
     return adjoint
 
 

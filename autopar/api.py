@@ -193,8 +193,12 @@ class Parallelized:
         if hit is not None:
             return (sig, *hit)
         rec, facts, p = self._prepare(h0, xs, length)
-        # a small static key for the jit cache: one id per distinct program
-        key = self._program_ids.setdefault((rec.signature(), rec.length, self._settings()[2]), len(self._program_ids))
+        # a small static key for the jit cache: one id per distinct program. The folded constants'
+        # digest is part of it: a re-trace that closed over other index arrays was re-analysed and
+        # must not run the program compiled for the old structure (e.g. a stale permutation).
+        key = self._program_ids.setdefault(
+            (rec.signature(), rec.length, self._settings()[2], tuple(facts.get("const_fingerprint", ()))),
+            len(self._program_ids))
         self._programs[key] = (_without_consts(rec), facts, p)
         consts = rec.consts
         if not any(isinstance(c, _compat.Tracer) for c in consts):

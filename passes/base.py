@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Iterable
 
+from autopar.registry import Registry
+
 __all__ = ["Facts", "Pass", "PassError", "PassManager", "register", "unregister", "registered_passes"]
 
 
@@ -52,7 +54,7 @@ class Pass:
         raise NotImplementedError
 
 
-_REGISTRY: dict[str, Pass] = {}
+_REGISTRY = Registry("pass")
 
 
 def register(pass_: Pass | type, *, override: bool = False) -> Pass:
@@ -65,19 +67,12 @@ def register(pass_: Pass | type, *, override: bool = False) -> Pass:
         raise TypeError(f"register() takes a Pass subclass or instance; got {type(inst).__name__}.")
     if not inst.name:
         raise ValueError(f"pass {type(inst).__name__} needs a non-empty class attribute `name`.")
-    if inst.name in _REGISTRY and not override:
-        raise ValueError(
-            f"a pass named {inst.name!r} is already registered ({type(_REGISTRY[inst.name]).__name__}). "
-            "Choose another name, or pass override=True to replace it."
-        )
-    _REGISTRY[inst.name] = inst
+    _REGISTRY.add(inst.name, inst, override=override)
     return pass_
 
 
 def unregister(name: str) -> None:
-    if name not in _REGISTRY:
-        raise KeyError(f"no pass named {name!r}; registered: {sorted(_REGISTRY)}")
-    del _REGISTRY[name]
+    _REGISTRY.remove(name)
 
 
 def registered_passes() -> list[Pass]:

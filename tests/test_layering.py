@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent / "autopar"
 
 #: Lowest first. A module may import modules of its own layer or of a lower one.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundation", ("autopar.primitives", "autopar._compat", "autopar.dtypes", "autopar.errors")),
+    ("foundation", ("autopar.primitives", "autopar.registry", "autopar._compat", "autopar.dtypes", "autopar.errors")),
     ("structure", ("autopar.structure", "autopar.structure_matrix", "autopar.kinds", "autopar.kinds.*")),
     ("costs", ("autopar.costs",)),
     ("trace", ("autopar.trace",)),

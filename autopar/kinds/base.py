@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from autopar.registry import Registry
+
 __all__ = ["Structure", "BlockView", "JVP", "register_kind", "unregister_kind", "registered_kinds", "recognise", "HI"]
 
 HI = jax.lax.Precision.HIGHEST
@@ -176,7 +178,7 @@ class Structure:
         raise NotImplementedError(f"the {self.kind} kind cannot be a Kronecker inner factor")
 
 
-_KINDS: dict[str, type] = {}
+_KINDS = Registry("structure kind")
 
 
 def register_kind(cls: type, *, override: bool = False) -> type:
@@ -185,17 +187,12 @@ def register_kind(cls: type, *, override: bool = False) -> type:
     if not (isinstance(cls, type) and issubclass(cls, Structure)):
         raise TypeError(f"register_kind() takes a Structure subclass; got {cls!r}.")
     name = cls.kind if isinstance(cls.kind, str) else cls.__name__.lower()
-    if name in _KINDS and _KINDS[name] is not cls and not override:
-        raise ValueError(f"a kind named {name!r} is already registered ({_KINDS[name].__name__}); "
-                         "choose another `kind`, or pass override=True to replace it.")
-    _KINDS[name] = cls
+    _KINDS.add(name, cls, override=override)
     return cls
 
 
 def unregister_kind(name: str) -> None:
-    if name not in _KINDS:
-        raise KeyError(f"no kind named {name!r}; registered: {sorted(_KINDS)}")
-    del _KINDS[name]
+    _KINDS.remove(name)
 
 
 def registered_kinds() -> list[type]:

@@ -14,6 +14,7 @@ from typing import Any, Callable, ClassVar
 import jax
 import jax.numpy as jnp
 
+from autopar.registry import Registry
 from autopar.structure import Structure
 
 from . import pricing
@@ -140,7 +141,7 @@ class NewtonSolver(Solver):
         return pricing.newton(facts, rec, K, iters, quasi=self.quasi, scans=self.scans, copies=self.copies)
 
 
-_SOLVERS: dict[str, Solver] = {}
+_SOLVERS = Registry("solver")
 
 
 def register_solver(solver: Solver | type, *, override: bool = False):
@@ -152,9 +153,7 @@ def register_solver(solver: Solver | type, *, override: bool = False):
         raise ValueError(f"{type(inst).__name__} has no `name`: set the class attribute name = '...'.")
     if type(inst).cost is Solver.cost and not callable(getattr(inst, "predict_cost", None)):
         raise TypeError(_NO_COST.format(name=inst.name))
-    if inst.name in _SOLVERS and not override:
-        raise ValueError(f"a solver named {inst.name!r} is already registered; pass override=True to replace it.")
-    _SOLVERS[inst.name] = inst
+    _SOLVERS.add(inst.name, inst, override=override)
     return solver
 
 

@@ -7,7 +7,7 @@ it as handled conservatively: the cell looks dense and nonlinear, and a Newton s
 
 One ``register_rule`` call is the user's "one row": a sparsity rule (output i reads input
 i ^ 1; a callable on boolean dependency arrays) and a degree ("linear": the swap is linear in
-its operand). The same cell is then proven affine with a block-diagonal J (2 × 2 blocks), the
+its operand). The same cell is then proven affine with a monomial J (a permutation times a diagonal), the
 linear solver is exact, and ``check=True`` verifies the rule against ``jax.jacfwd`` once.
 A primitive that belongs in autopar itself gets the same row in ``autopar/primitives.py``
 (see docs/passes.md, "Adding a primitive rule").

@@ -18,9 +18,9 @@ def test_custom_rule_example():
     # without a row the primitive is conservative: dense, nonlinear, named in the report
     assert before.conservative == ["pairswap"] and before.structure.kind == "dense"
     assert before.degree == "nonlinear" and before.solver != "linear"
-    # with the rule: affine, 2 x 2 blocks, the exact linear solver; the report shows it
+    # with the rule: affine, J = P·diag(a) with P the pair swap, the exact linear solver; the report shows it
     assert report.conservative == [] and report.linear and report.solver == "linear"
-    assert report.structure.kind == "block-diagonal" and report.structure.block_size == 2
+    assert report.structure.kind == "monomial" and report.structure.n_jvps == 1
     assert "handled conservatively (no rule; assumed dense): pairswap" in str(before)
     assert "handled conservatively" not in str(report) and "solver: linear" in str(report)
     np.testing.assert_allclose(hs, ref, rtol=1e-5, atol=1e-6)

@@ -27,6 +27,11 @@ class Registry(dict):
                              "Choose another name, or pass override=True to replace it.")
         self[name] = entry
 
+    def copy(self) -> Registry:
+        out = Registry(self.what)
+        out.update(self)
+        return out
+
     def remove(self, name: str) -> None:
         if name not in self:
             raise KeyError(f"no {self.what} named {name!r}; registered: {sorted(self)}")

@@ -194,7 +194,7 @@ def test_a_solver_is_priced_by_its_own_cost_or_refused(monkeypatch):
         def cost(self, facts, rec, K):
             return Prediction(1e-9, 8.0, 1.0, 3.0, 2.0)
 
-    monkeypatch.setattr(solvers_base, "_SOLVERS", dict(solvers_base._SOLVERS))
+    monkeypatch.setattr(solvers_base, "_SOLVERS", solvers_base._SOLVERS.copy())
     register_solver(Priced)
     cell, h0, xs = tanh_dense(T=64)
     rec, facts = _analysed(cell, h0, xs)

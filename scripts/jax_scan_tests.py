@@ -59,7 +59,9 @@ def _parse(junit: Path) -> dict:
 
 
 def _prefix(test_id: str) -> str:
-    return re.split(r"[_\[]", test_id.removeprefix("test"), maxsplit=1)[0] or test_id
+    """The test's name without its parameters: testScanJVP_jit_scan=... -> testScanJVP."""
+    name = test_id.split("[", 1)[0]
+    return name if name.startswith("test_") else name.split("_", 1)[0]
 
 
 def main(argv=None) -> int:
@@ -95,7 +97,7 @@ def main(argv=None) -> int:
         print(f"{label:22s} passed {len(r['passed']):4d}  failed {len(r['failed']):4d}  skipped {len(r['skipped']):4d}")
     groups = collections.Counter(_prefix(t) for t in ours["failed"])
     for g, c in groups.most_common():
-        print(f"  failing: test{g}* x{c}")
+        print(f"  failing: {g}* x{c}")
     newly = sorted(set(ours["failed"]) - set(base["failed"])) if base else ours["failed"]
     args.out.write_text(json.dumps({"jax": jax.__version__, "select": args.select,
                                     "autopar": {k: len(v) for k, v in ours.items()},

@@ -121,7 +121,7 @@ def test_check_through_parallelize_with_wrong_rule():
         autopar.passes.unregister_rule("cumsum")
 
 
-def test_explain_shows_the_trace_a_call_runs_and_a_redone_trace_is_reanalysed():
+def test_explain_shows_the_trace_a_call_runs_and_a_redone_trace_is_reanalysed(monkeypatch):
     """Like lax.scan (which caches a body's trace by function identity), a trace is cached per
     signature and explain() renders that same trace, never re-tracing. A trace is redone when its
     closed-over values were tracers (here: under jax.grad); then a changed folded constant (the
@@ -133,9 +133,17 @@ def test_explain_shows_the_trace_a_call_runs_and_a_redone_trace_is_reanalysed():
         return box["s"] * h[box["perm"]] + x
 
     h0, xs = jnp.zeros(4, F64), jnp.arange(12.0, dtype=F64).reshape(3, 4)
+    from autopar import trace
+
+    traced = []
+    real_trace = trace.trace_cell
+    monkeypatch.setattr(trace, "trace_cell", lambda *a, **k: traced.append(1) or real_trace(*a, **k))
     eager = autopar.parallelize(cell, solver="linear")
     eager(h0, xs)
-    assert eager.explain(h0, xs).plan is eager.explain(h0, xs).plan  # one trace, one plan
+    eager.explain(h0, xs)
+    eager.explain(h0, xs)
+    assert len(traced) == 1  # the call's trace serves explain(): it is never re-traced
+    monkeypatch.setattr(trace, "trace_cell", real_trace)
 
     fn = autopar.parallelize(cell, solver="linear")
 

@@ -52,12 +52,17 @@ def per_step_adjoint(facts: Any) -> str:
 
     A custom_vjp's backward rule, and the AD rules of rounding (which round the tangents and
     cotangents themselves), are not a linear map a compact J can hold: the linear adjoint reads J
-    from forward mode and would give the exact derivative of an unrounded / unclipped cell."""
+    from forward mode and would give the exact derivative of an unrounded / unclipped cell. Nor
+    are the rules of an out-of-bounds gather / scatter under ``promise_in_bounds``, whose forward
+    and reverse derivatives differ (lax.scan's gradient is the reverse one)."""
     why = []
     if facts.get("custom_vjp"):
         why.append(f"the cell calls a custom_vjp ({', '.join(facts['custom_vjp'])}) on the state")
     if facts.get("rounding"):
         why.append(f"the cell rounds a state-dependent value ({', '.join(facts['rounding'])})")
+    if facts.get("unsafe_indexing"):
+        why.append(f"the cell indexes the state with indices not proven in bounds "
+                   f"({', '.join(facts['unsafe_indexing'])}: pass mode='clip' or 'fill' to index soundly)")
     return "; ".join(why) + ": its AD rules apply per step, as in lax.scan's gradient" if why else ""
 
 
@@ -229,6 +234,9 @@ class AutodiffAdjoint(Adjoint):
     auto = False
 
     def applies(self, facts, rec, blockers, solver):
+        per_step = per_step_adjoint(facts)
+        if per_step and solver.name != "sequential":
+            return False, f"{per_step}, and JAX would differentiate {solver.name!r}'s forward-mode Jacobians"
         if solver.exact:
             return True, ""
         exact = [n for n in solver_names() if get_solver(n).exact]

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["gather_positions", "scatter_positions", "dynamic_slice_starts", "MAX_INDEX_ELEMS"]
+__all__ = ["gather_positions", "scatter_positions", "dynamic_slice_starts", "promise_may_break", "MAX_INDEX_ELEMS"]
 
 #: Index maps larger than this are not built (callers fall back to a conservative rule).
 MAX_INDEX_ELEMS = 1 << 21
@@ -127,3 +127,41 @@ def dynamic_slice_starts(operand_shape: Sequence[int], sizes: Sequence[int], sta
     for n, s, st in zip(operand_shape, sizes, starts):
         out.append(None if st is None else int(np.clip(int(np.asarray(st)), 0, max(int(n) - int(s), 0))))
     return out
+
+
+def promise_may_break(eqn: Any, indices: np.ndarray | None) -> bool:
+    """Whether a gather / scatter under ``PROMISE_IN_BOUNDS`` may see an out-of-bounds index:
+    True unless ``indices`` (the known index operand, None if unknown) are all in bounds.
+
+    A broken promise is where JAX's derivatives stop being one linear map: XLA clamps the
+    gather (and its JVP) but drops the out-of-bounds part of the transposed scatter-add, so
+    forward and reverse mode disagree (and a scatter's rules disagree likewise). Any other mode
+    is consistent in both directions."""
+    if _mode(eqn.params.get("mode")) != "promise":
+        return False
+    if indices is None:
+        return True
+    dnums = eqn.params["dimension_numbers"]
+    idx = np.asarray(indices).astype(np.int64)
+    operand = tuple(int(s) for s in eqn.invars[0].aval.shape)
+    rank = len(operand)
+    if idx.size == 0:
+        return False
+    if hasattr(dnums, "start_index_map"):  # gather
+        dims = tuple(dnums.start_index_map)
+        sizes = [int(s) for s in eqn.params["slice_sizes"]]
+        hi = [operand[d] - sizes[d] for d in dims]
+    else:  # scatter family
+        upd = tuple(int(s) for s in eqn.invars[2].aval.shape)
+        uwin = tuple(dnums.update_window_dims)
+        skip = set(dnums.inserted_window_dims) | set(getattr(dnums, "operand_batching_dims", ()) or ())
+        window = [d for d in range(rank) if d not in skip]
+        wsize = [1] * rank
+        for k, d in enumerate(window):
+            wsize[d] = upd[uwin[k]]
+        dims = tuple(dnums.scatter_dims_to_operand_dims)
+        hi = [operand[d] - wsize[d] for d in dims]
+    vec = idx.reshape(-1, idx.shape[-1]) if idx.ndim else idx.reshape(1, 1)
+    if vec.shape[-1] != len(dims):
+        return True
+    return bool(((vec < 0) | (vec > np.asarray(hi, np.int64))).any())

@@ -37,6 +37,7 @@ from autopar import _compat, primitives
 from autopar.dtypes import is_inexact
 from .base import Pass
 from .interpret import Domain, propagate
+from .indexing import promise_may_break
 from .precision import Rounding, rounding_for
 
 __all__ = ["CONSTANT", "STEP", "AFFINE", "PIECEWISE", "NONLINEAR", "DEGREE_NAMES", "DegreeDomain", "LinearityPass",
@@ -130,6 +131,9 @@ class DegreeDomain(Domain):
         self.rounds = rounding or Rounding()
         #: primitives that round an h-dependent value (their AD rules round tangents too)
         self.rounded: list[str] = []
+        #: gathers / scatters of h-dependent data that may break their in-bounds promise
+        #: (``indexing.promise_may_break``: forward and reverse mode then disagree)
+        self.unsafe_indexing: list[str] = []
 
     def family_rule(self, t):
         fam = _FAMILY.get(t.degree)
@@ -167,6 +171,17 @@ class DegreeDomain(Domain):
     def join(self, a, b):
         return join(a, b)
 
+    def _note_unsafe_indexing(self, eqn, ins):
+        name = eqn.primitive.name
+        if not (name == "gather" or name.startswith("scatter")) or "mode" not in eqn.params:
+            return
+        data = [d for i, d in enumerate(ins) if i != 1]  # operand (and updates), not the indices
+        known = self.known_in[1] if self.known_in is not None and len(self.known_in) > 1 else None
+        if any(d != CONSTANT for d in data) and promise_may_break(eqn, known):
+            tag = f"{name}[promise_in_bounds]"
+            if tag not in self.unsafe_indexing:
+                self.unsafe_indexing.append(tag)
+
     def widen(self, value, aval, ins):
         return NONLINEAR
 
@@ -177,6 +192,7 @@ class DegreeDomain(Domain):
         return [NONLINEAR for _ in eqn.outvars]
 
     def apply(self, eqn, ins):
+        self._note_unsafe_indexing(eqn, ins)  # reads known_in, which nested walks overwrite
         outs = super().apply(eqn, ins)
         if self.rounds(eqn):
             # Rounding an affine / piecewise-linear value is neither (a step function stays one).
@@ -228,6 +244,8 @@ def _custom_jvp(dom, eqn, ins):
     known = list(dom.known_in)
     sub = _compat.call_subjaxpr(eqn)
     primal = propagate(sub, ins, dom, known=known) if sub is not None else [NONLINEAR] * len(eqn.outvars)
+    if PIECEWISE not in primal:
+        return [NONLINEAR] * len(primal)  # the rule can only matter for a piecewise-linear primal
     rule = _compat.custom_jvp_rule(eqn)
     dj = NONLINEAR
     if rule is not None:
@@ -261,13 +279,15 @@ class LinearityPass(Pass):
     (affine in h: the linear solver is exact), ``degree_detail`` (the lattice element,
     which also distinguishes "piecewise-constant") and ``rounding`` (the primitives that round
     an h-dependent value: JAX's AD rules round the tangents too, so no compact J reproduces
-    them and the adjoint runs per step)."""
+    them and the adjoint runs per step) and ``unsafe_indexing`` (gathers / scatters of an
+    h-dependent value that may break their in-bounds promise, where JAX's forward and reverse
+    derivatives disagree: the adjoint runs per step too)."""
 
     name = "linearity"
-    provides = ("degree", "linear", "degree_detail", "rounding")
+    provides = ("degree", "linear", "degree_detail", "rounding", "unsafe_indexing")
 
     def run(self, rec, facts):
         dom = DegreeDomain(rounding_for(rec))
         d, _ = degree(rec, dom)
         return {"degree": PUBLIC_NAME[d], "linear": d in (CONSTANT, AFFINE), "degree_detail": DEGREE_NAMES[d],
-                "rounding": list(dom.rounded)}
+                "rounding": list(dom.rounded), "unsafe_indexing": list(dom.unsafe_indexing)}

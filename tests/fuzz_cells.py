@@ -39,6 +39,7 @@ import numpy as np
 
 import autopar
 from autopar import config
+from autopar.adjoint import per_step_adjoint
 
 from .oracle import scan_states, tol_for
 from .passes_helpers import analyse_cell, jacobian_violations, random_inputs
@@ -682,6 +683,7 @@ def _step_jac(rec):
         except TypeError:  # custom_vjp inside: reverse mode only
             return np.asarray(rev(v, disc, xl))
 
+    jac.rev = lambda v, disc, xl: np.asarray(rev(v, disc, xl))
     return jac
 
 
@@ -714,6 +716,17 @@ def check_analysis(case):
             continue
         for check, msg in jacobian_violations(facts, J):
             findings.append(Finding(seed, check, f"unsound-{check}", "-", f"at {label}: {msg}"))
+        if not per_step_adjoint(facts):
+            # The linear adjoint reads J by forward mode; lax.scan's gradient is reverse mode.
+            # Unless the analysis sent the backward per step, the two must agree.
+            Jr = jac.rev(v, disc, xl)
+            eps = float(jnp.finfo(rec.layout.vec_dtype).eps)
+            bound = max(1e-4, 50 * eps) * (1 + np.abs(J) + np.abs(Jr))
+            if J.shape == Jr.shape and (np.abs(J - Jr) > bound).any():
+                i = np.unravel_index(int(np.argmax(np.abs(J - Jr) - bound)), J.shape)
+                findings.append(Finding(seed, "ad", "unsound-ad", "-",
+                                        f"at {label}: jacfwd {J[i]:.6g} != jacrev {Jr[i]:.6g} at {i}, "
+                                        "but the adjoint was not sent per step"))
     if facts.get("linear"):
         msg = _affinity_violation(rec, rng)
         if msg:

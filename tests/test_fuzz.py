@@ -37,6 +37,18 @@ def _param(seed):
     return seed
 
 
+#: Seeds of long runs whose findings were fixed (full T, the quick budget's solver sample):
+#: 6113, 7036 — wrong gradients of gathers / scatters breaking their in-bounds promise.
+REGRESSION_SEEDS = (6113, 7036)
+
+
+@pytest.mark.parametrize("seed", REGRESSION_SEEDS)
+def test_fuzz_regression(seed):
+    backend = config.planner_backend() or "gpu"
+    findings, _ = check_case(make_case(seed), backend)
+    assert not findings, [f"[{f.cls}] {f.check} {f.solver}: {f.detail[:300]}" for f in findings]
+
+
 @pytest.mark.parametrize("seed", [_param(s) for s in SEEDS])
 def test_fuzz_case(seed):
     backend = config.planner_backend() or "gpu"

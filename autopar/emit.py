@@ -24,8 +24,7 @@ from .adjoint import get_adjoint, separable
 from .errors import FallbackWarning
 from .plan import Plan
 from .solvers import Problem, get_solver
-from .solvers import convergence as cv
-from .solvers.linear import linearize_steps
+from .solvers.linear import proven_residual
 from .solvers.result import Result
 
 __all__ = ["Info", "build", "residual"]
@@ -37,7 +36,7 @@ class Info:
     """What happened in a solve. Array fields are traced values under jit (one per sequence under vmap).
 
     ``result`` is how the solve ended, an int32 `autopar.Result` code — ``converged``,
-    ``max_iterations``, ``diverged``, ``nonfinite`` or ``fell_back`` (compare with the members:
+    ``max_iterations``, ``diverged``, ``nonfinite``, ``stalled`` or ``fell_back`` (compare with the members:
     ``info.result == autopar.Result.fell_back``; ``outcome`` gives the member once concrete).
     ``solver`` is the name of the solver that produced the result (after any fallback;
     ``fallback`` says why); ``iterations`` the total over the stages that ran; ``history`` the
@@ -252,5 +251,4 @@ def residual(rec, plan: Plan, consts, h0_leaves, hs_leaves, x_leaves):
     prev = _shift(v0, vs)
     disc_prev = [jnp.concatenate([d0[None], d[:-1]], 0) for d0, d in zip(disc0, discs)]
     f = lambda v, xt: rec.primal_step(consts, v, *xt)[0]  # noqa: E731
-    fv, a = linearize_steps(f, plan.structure, prev, (disc_prev, list(x_leaves)))
-    return cv.stage_residual(plan.structure, a, prev, vs, fv)
+    return proven_residual(f, plan.structure, prev, (disc_prev, list(x_leaves)), vs)

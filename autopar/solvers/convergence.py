@@ -15,8 +15,12 @@ iterate could meet — while one large element never hides errors in small ones.
 stage stops when res(V) ≤ tol for the *returned* iterate (its residual comes from the
 linearisation the next iteration needs anyway, so the check costs no extra pass): a
 result flagged converged satisfies |v_{t,i} − f(v_{t−1}, x_t)_i| ≤ tol · s_{t,i} in
-every element of every step. ``Info.residual`` is the same measure with the proven
-structure's J (a quasi stage's scale is never larger, so its test is the stricter).
+every element of every step, with J the stage's own. ``Info.residual`` is the same measure
+with the proven structure's J (``linear.proven_residual``). A quasi stage's |diag J| scale is
+never larger, so its own test is the stricter — too strict at float rounding, where the
+off-diagonal inflow it ignores sets the floor of f's evaluation: such a stage also stops when
+its residual stalls and is then judged by the proven measure (``newton.Iteration.verify``).
+So ``converged=True`` always means the bound above with the proven structure's J.
 
 **Tolerance.** ``tol`` defaults by dtype: 32·eps for float32 (≈ 3.8e-6), 1e-12
 for float64 (≈ 4500·eps, above the rounding floor of a log-depth scan), 1e-2 for

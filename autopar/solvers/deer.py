@@ -35,7 +35,7 @@ from autopar.structure import Diagonal
 from . import convergence as cv
 from . import newton
 from .base import NewtonSolver, Problem, register_solver
-from .linear import linearize_steps, newton_update
+from .linear import linearize_steps, newton_update, proven_verifier
 
 __all__ = ["Deer", "QuasiDeer", "newton_iteration"]
 
@@ -109,6 +109,8 @@ class QuasiDeer(NewtonSolver):
             return diagonal_steps(problem.f, problem.structure, prev, problem.xt)
 
         it = newton_iteration(linearize, Diagonal(problem.v0.shape[0]), problem.v0)
+        if not problem.structure.is_diagonal:
+            it = it._replace(verify=proven_verifier(problem))
         return newton.newton_stage(self.name, it, cv.options_tol(problem), cv.options_max_iters(problem, QUASI_MAX_ITERS))
 
     def solve(self, problem: Problem):

@@ -69,7 +69,7 @@ from autopar.structure import Diagonal
 from . import convergence as cv
 from . import newton
 from .base import NewtonSolver, Problem, register_solver
-from .linear import linearize_steps, newton_update
+from .linear import linearize_steps, newton_update, proven_verifier
 
 __all__ = ["Elk", "QuasiElk", "elk_stage", "kalman_step", "Blocks"]
 
@@ -246,8 +246,10 @@ def elk_stage(problem: Problem, quasi: bool) -> newton.Stage:
         return newton.State(V, residual(V, fv, a), (fv, a, mer, lam), lam >= LAMBDA_MAX)
 
     # Accepted iterates lower the merit monotonically, so the current one is the best so far.
-    return newton.newton_stage("quasi-elk" if quasi else "elk", newton.Iteration(init, advance, monotone=True),
-                               tol, max_iters)
+    # A diagonal-J stage of a non-diagonal cell judges itself by the stricter |diag J| scale.
+    verify = proven_verifier(problem) if blk.diag and not st.is_diagonal else None
+    return newton.newton_stage("quasi-elk" if quasi else "elk",
+                               newton.Iteration(init, advance, monotone=True, verify=verify), tol, max_iters)
 
 
 class _ElkBase(NewtonSolver):

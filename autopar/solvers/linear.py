@@ -19,10 +19,14 @@ import jax.numpy as jnp
 
 from autopar.structure import Structure
 
+from . import convergence as cv
 from . import pricing
 from .base import Problem, Solver, converged_stats, register_solver
 
-__all__ = ["linearize_steps", "linear_scan", "newton_update", "Linear"]
+__all__ = ["linearize_steps", "linear_scan", "newton_update", "proven_residual", "proven_verifier", "Linear"]
+
+#: ``proven_residual`` linearises at most this many floats of compact J at once (time chunks).
+RESIDUAL_CHUNK_FLOATS = 1 << 24
 
 
 def linearize_steps(f, structure: Structure, points, xt):
@@ -37,6 +41,36 @@ def linearize_steps(f, structure: Structure, points, xt):
         return val, structure.extract(jvp, p.dtype)
 
     return jax.vmap(one)(points, xt)
+
+
+def proven_residual(f, structure: Structure, prev, xt, vs, max_floats: int = RESIDUAL_CHUNK_FLOATS):
+    """res(V) (``convergence.residual``) with the scale of J_t in ``structure``, linearised at
+    ``prev`` in time chunks of at most ``max_floats`` floats of J (so a dense J of a long
+    sequence is never held whole). The documented meaning of ``converged`` and of
+    ``Info.residual``; also the final judge of a stage whose own scale is stricter (quasi)."""
+    T = vs.shape[0]
+    chunk = max(1, int(max_floats) // max(1, int(structure.floats())))
+
+    def one(args):
+        p, x, v = args
+        fv, a = linearize_steps(f, structure, p, x)
+        return cv.stage_residual(structure, a, p, v, fv)
+
+    if T <= chunk:
+        return one((prev, xt, vs))
+    n = T // chunk
+    head = jax.tree_util.tree_map(lambda a: a[: n * chunk].reshape((n, chunk) + a.shape[1:]), (prev, xt, vs))
+    r = jnp.max(jax.lax.map(one, head))
+    if n * chunk < T:
+        r = jnp.maximum(r, one(jax.tree_util.tree_map(lambda a: a[n * chunk:], (prev, xt, vs))))
+    return r
+
+
+def proven_verifier(problem: Problem):
+    """``newton.Iteration.verify`` for a quasi method: res(V) with the proven structure's J, in
+    chunks of at most T·D floats of J — a quasi method's O(T·D) memory holds."""
+    budget = min(RESIDUAL_CHUNK_FLOATS, problem.length * problem.v0.shape[0])
+    return lambda V: proven_residual(problem.f, problem.structure, cv.shift(problem.v0, V), problem.xt, V, budget)
 
 
 def linear_scan(structure: Structure, a, b, v0, *, reverse: bool = False):

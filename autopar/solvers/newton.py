@@ -47,11 +47,16 @@ from . import convergence as cv
 from .base import Problem, Solver, Stats, get_solver
 from .result import Result
 
-__all__ = ["DIVERGENCE_FACTOR", "State", "Iteration", "Stage", "StageResult", "iterate", "newton_stage",
+__all__ = ["DIVERGENCE_FACTOR", "STALL_ITERS", "STALL_LEVEL", "State", "Iteration", "Stage", "StageResult", "iterate", "newton_stage",
            "exact_stage", "run_chain", "solve", "empty_stats"]
 
 #: A stage fails when its residual exceeds this factor × max(initial residual, 1).
 DIVERGENCE_FACTOR = 1e4
+#: A stage with ``Iteration.verify`` stops after this many steps without a new best residual,
+#: once that best is within ``STALL_LEVEL`` × tol (the float-rounding regime; farther out a
+#: quasi method's residual may rise for a while before it converges, and it goes on).
+STALL_ITERS = 4
+STALL_LEVEL = 100.0
 
 
 def _code(result: Result):
@@ -73,6 +78,13 @@ class Iteration(NamedTuple):
     init: Callable[[Any], State]
     step: Callable[[State], State]
     monotone: bool = False  # every step is no worse than the last: the current iterate is the best
+    #: ``verify(V) -> res(V)`` with the proven structure's scale, for a method whose own measure
+    #: is stricter (a quasi method judges with |diag J|, which misses what flows in off the
+    #: diagonal, so its residual can sit above tol at float rounding). Such a stage also stops
+    #: when its best residual, within ``STALL_LEVEL`` × tol, has not improved for ``STALL_ITERS``
+    #: steps (``Result.stalled``); an iterate that misses the method's own tol is then judged
+    #: by ``verify`` — the documented measure.
+    verify: Callable[[Any], Any] | None = None
 
 
 class StageResult(NamedTuple):
@@ -108,26 +120,40 @@ def iterate(method: Iteration, V, history, count, *, tol: float, max_iters: int)
             code = jnp.where(s.r > limit, _code(Result.diverged), code)
         return jnp.where(jnp.isfinite(s.r) & cv.finite(s.V), code, _code(Result.nonfinite))
 
+    stalls = method.verify is not None
+
+    def stalled(track):
+        low, since = track
+        return (since >= STALL_ITERS) & (low <= STALL_LEVEL * tol)
+
     def cond(c):
-        i, s, _, _, code, _, _ = c
-        return (i < max_iters) & (s.r > tol) & (code == Result.converged)
+        i, s, _, _, code, _, _, track = c
+        go = (i < max_iters) & (s.r > tol) & (code == Result.converged)
+        return go & ~stalled(track) if stalls else go
 
     def body(c):
-        i, s, best_V, best_r, _, hist, cnt = c
+        i, s, best_V, best_r, _, hist, cnt, (low, since) = c
         s = method.step(s)
         hist = hist.at[cnt + 1].set(s.r)
         if not method.monotone:
             better = s.r < best_r
             best_V = jnp.where(better, s.V, best_V)
             best_r = jnp.where(better, s.r, best_r)
-        return i + 1, s, best_V, best_r, failure(s), hist, cnt + 1
+        if stalls:
+            since = jnp.where(s.r < low, 0, since + 1)
+            low = jnp.minimum(low, s.r)
+        return i + 1, s, best_V, best_r, failure(s), hist, cnt + 1, (low, since)
 
     # a monotone method's current iterate is its best: no second copy of V in the carry
     best = ((), ()) if method.monotone else (s.V, s.r)
-    init = (jnp.asarray(0, jnp.int32), s, *best, failure(s), history, count)
-    i, s, best_V, best_r, code, history, count = jax.lax.while_loop(cond, body, init)
+    track = (s.r, jnp.asarray(0, jnp.int32)) if stalls else ((), ())
+    init = (jnp.asarray(0, jnp.int32), s, *best, failure(s), history, count, track)
+    i, s, best_V, best_r, code, history, count, track = jax.lax.while_loop(cond, body, init)
     V, r = (s.V, s.r) if method.monotone else (best_V, best_r)
     stop = jnp.where(code == Result.converged, _code(Result.max_iterations), code)
+    if stalls:  # the stricter measure missed: judge the iterate by the documented one
+        stop = jnp.where((code == Result.converged) & stalled(track), _code(Result.stalled), stop)
+        r = jax.lax.cond((r > tol) & (code == Result.converged), method.verify, lambda V: r, V)
     return StageResult(V, jnp.where(r <= tol, _code(Result.converged), stop), i, history, count + 1)
 
 

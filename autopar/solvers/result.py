@@ -21,6 +21,9 @@ class Result(enum.IntEnum):
       lowered the merit before λ passed its cap (elk, quasi-elk).
     * ``nonfinite`` — NaN or inf: in an iterate (then the stage stopped at once), or in the
       returned trajectory (NaN inputs, a cell that overflows — for every solver, sequential too).
+    * ``stalled`` — a quasi stage's residual stopped improving near float rounding (within
+      ``STALL_LEVEL`` × tol) and the proven-structure measure did not confirm convergence
+      (``autopar.solvers.newton``; only seen with ``fallback=False``).
     * ``fell_back`` — the planned solver did not converge and a later stage of its fallback
       chain (``Info.chain``) produced the result, which is converged (``Info.solver`` names it).
 
@@ -32,6 +35,7 @@ class Result(enum.IntEnum):
     diverged = 2
     nonfinite = 3
     fell_back = 4
+    stalled = 5
 
     def __str__(self) -> str:
         return self.name

@@ -67,7 +67,8 @@ def main(argv=None) -> int:
             notes["harness-error"] += 1
         dt = time.perf_counter() - t
         times.append(dt)
-        cases.append({"seed": seed, "desc": desc, "seconds": round(dt, 2), "findings": len(found)})
+        cases.append({"seed": seed, "desc": desc, "seconds": round(dt, 2), "findings": len(found),
+                      **({"error": infos[0]} if desc == "?" else {})})
         for i in infos:
             if "refused" in i:
                 notes["refusal"] += 1
@@ -77,11 +78,13 @@ def main(argv=None) -> int:
             d = f.as_dict()
             d.update(desc=desc, reproducer=reproducer(seed, args.backend))
             findings.append(d)
-        status = "ok" if not found else f"{len(found)} finding(s)"
+        status = "HARNESS ERROR" if desc == "?" else "ok" if not found else f"{len(found)} finding(s)"
         print(f"seed {seed:6d}  {dt:6.1f}s  {status:14s} {desc}", flush=True)
         if args.verbose:
             for i in infos:
                 print("      .", i)
+        if desc == "?":
+            print(f"      ! {infos[0][:300]}", flush=True)
         for f in found:
             print(f"      ! {f.check:9s} {f.cls:38s} {f.solver:22s} {f.detail[:240]}", flush=True)
         _write(args, cases, times, findings, notes)

@@ -33,7 +33,7 @@ XS = jnp.asarray(np.random.default_rng(1).normal(size=(9, 3)), jnp.float32)
 
 def test_enum_is_exported_and_small():
     assert autopar.Result is Result
-    assert [m.name for m in Result] == ["converged", "max_iterations", "diverged", "nonfinite", "fell_back"]
+    assert [m.name for m in Result] == ["converged", "max_iterations", "diverged", "nonfinite", "fell_back", "stalled"]
     assert str(Result.fell_back) == "fell_back"
 
 
@@ -125,3 +125,12 @@ def test_result_per_sequence_under_vmap():
     _, info = jax.vmap(lambda x: fn(H0, x, return_info=True))(xs)
     assert np.asarray(info.result).tolist() == [Result.converged, Result.nonfinite]
     assert "result=['converged', 'nonfinite']" in repr(info)
+
+
+def test_stalled_when_the_floor_is_above_tol():
+    """A tolerance below float32's rounding floor: the stage stops at the stall (not after
+    max_iters) and, unconfirmed by the full measure, ends ``stalled``."""
+    fn = autopar.parallelize(tanh_cell, solver="deer", fallback=False, tol=1e-8, max_iters=60)
+    _, info = fn(H0.astype(jnp.float32), XS.astype(jnp.float32), return_info=True)
+    assert info.outcome is Result.stalled and not bool(info.converged)
+    assert int(info.iterations) < 60

@@ -4,14 +4,20 @@ r"""The residual measure, tolerances and initial guesses shared by the iterative
 **Residual, per element.** For a trajectory V = (v_1..v_T) the one-step defect is
 r_t = v_t − f(v_{t−1}, x_t) (v_0 given). Each element is judged against its own scale,
 
-    res(V) = max_{t,i} |r_{t,i}| / s_{t,i},    s_{t,i} = |v_{t,i}| + (|J_t|·|v_{t−1}|)_i,
+    res(V) = max_{t,i} |r_{t,i}| / s_{t,i},
+    s_{t,i} = |v_{t,i}| + (|J_t|·|v_{t−1}|)_i + |∂f/∂x_t · |x_t||_i,
 
 with |J_t| the entrywise modulus of the Jacobian the stage linearises with (its proven
 structure for deer / elk, diag(J_t) for the quasi solvers; ``Structure.abs_matvec``).
-The second term is the magnitude of what flows into element i, so a small element
-computed from large ones (float32 cancellation: v_i = h_j − h_k with |h_j| ≈ 1e6) is
-held to the rounding floor of that computation — not to its own small size, which no
-iterate could meet — while one large element never hides errors in small ones. A
+The second and third terms are the magnitude of what flows into element i from the state
+and from the input (``input_inflow``, a lower bound of |∂f/∂x|·|x|), so a small element
+computed from large ones (float32 cancellation: v_i = h_j − h_k with |h_j| ≈ 1e6, or a
+gate near 0 fed by a pre-activation of size 2) is held to the rounding floor of that
+computation — not to its own small size, which no iterate could meet (without the third
+term lax.scan's own trajectory of a float32 diagonal GRU fails the test) — while one
+large element never hides errors in small ones. Each iteration checks the cheaper
+measure without the input term (never the looser); an iterate that stalls near tol is
+judged by the full one (``newton.Iteration.verify``). A
 stage stops when res(V) ≤ tol for the *returned* iterate (its residual comes from the
 linearisation the next iteration needs anyway, so the check costs no extra pass): a
 result flagged converged satisfies |v_{t,i} − f(v_{t−1}, x_t)_i| ≤ tol · s_{t,i} in
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "default_tol",
@@ -42,6 +49,7 @@ __all__ = [
     "residual",
     "element_scale",
     "stage_residual",
+    "input_inflow",
     "initial_guess",
 ]
 
@@ -77,10 +85,29 @@ def shift(v0, vs):
     return jnp.concatenate([v0[None], vs[:-1]], axis=0)
 
 
-def element_scale(structure, a, prev, vs):
-    """s_{t,i} = |v_{t,i}| + (|J_t|·|v_{t−1}|)_i for every step (T, D), real."""
+def element_scale(structure, a, prev, vs, inflow=None):
+    """s_{t,i} = |v_{t,i}| + (|J_t|·|v_{t−1}|)_i (+ ``inflow``, ``input_inflow``) for every step (T, D), real."""
     bound = jax.vmap(structure.abs_matvec, axis_size=vs.shape[0])(a, jnp.abs(prev))
-    return jnp.abs(vs) + bound
+    s = jnp.abs(vs) + bound
+    return s if inflow is None else s + inflow
+
+
+def input_inflow(f, prev, xt):
+    """|∂f/∂x_t · |x_t|| per step (T, D): the magnitude of what flows into each element from the
+    input, a lower bound of |∂f/∂x|·|x| (one JVP in the direction |x|; signs may cancel, never
+    inflate). Integer / bool input leaves carry no tangent."""
+
+    def one(p, x):
+        def direction(a):
+            a = jnp.asarray(a)
+            if jnp.issubdtype(a.dtype, jnp.inexact):
+                return jnp.abs(a).astype(a.dtype)
+            return np.zeros(a.shape, jax.dtypes.float0)
+
+        _, t = jax.jvp(lambda x: f(p, x), (x,), (jax.tree_util.tree_map(direction, x),))
+        return jnp.abs(t)
+
+    return jax.vmap(one)(prev, xt)
 
 
 def residual(vs, fv, scale):
@@ -100,9 +127,9 @@ def residual(vs, fv, scale):
     return jnp.where(jnp.all(jnp.isfinite(err)), r, jnp.inf)
 
 
-def stage_residual(structure, a, prev, vs, fv):
+def stage_residual(structure, a, prev, vs, fv, inflow=None):
     """``residual`` of ``vs`` with the per-element scale of the stage's Jacobian ``a``."""
-    return residual(vs, fv, element_scale(structure, a, prev, vs))
+    return residual(vs, fv, element_scale(structure, a, prev, vs, inflow))
 
 
 def f_steps(f, prev, xt):

@@ -83,8 +83,8 @@ class Deer(NewtonSolver):
         def linearize(prev):
             return linearize_steps(problem.f, st, prev, problem.xt)
 
-        return newton.newton_stage(self.name, newton_iteration(linearize, st, problem.v0), cv.options_tol(problem),
-                                   cv.options_max_iters(problem, DEER_MAX_ITERS))
+        it = newton_iteration(linearize, st, problem.v0)._replace(verify=proven_verifier(problem))
+        return newton.newton_stage(self.name, it, cv.options_tol(problem), cv.options_max_iters(problem, DEER_MAX_ITERS))
 
     def solve(self, problem: Problem):
         return newton.solve(self, problem)
@@ -108,9 +108,8 @@ class QuasiDeer(NewtonSolver):
         def linearize(prev):
             return diagonal_steps(problem.f, problem.structure, prev, problem.xt)
 
-        it = newton_iteration(linearize, Diagonal(problem.v0.shape[0]), problem.v0)
-        if not problem.structure.is_diagonal:
-            it = it._replace(verify=proven_verifier(problem))
+        it = newton_iteration(linearize, Diagonal(problem.v0.shape[0]), problem.v0)._replace(
+            verify=proven_verifier(problem))
         return newton.newton_stage(self.name, it, cv.options_tol(problem), cv.options_max_iters(problem, QUASI_MAX_ITERS))
 
     def solve(self, problem: Problem):

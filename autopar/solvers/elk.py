@@ -246,10 +246,9 @@ def elk_stage(problem: Problem, quasi: bool) -> newton.Stage:
         return newton.State(V, residual(V, fv, a), (fv, a, mer, lam), lam >= LAMBDA_MAX)
 
     # Accepted iterates lower the merit monotonically, so the current one is the best so far.
-    # A diagonal-J stage of a non-diagonal cell judges itself by the stricter |diag J| scale.
-    verify = proven_verifier(problem) if blk.diag and not st.is_diagonal else None
     return newton.newton_stage("quasi-elk" if quasi else "elk",
-                               newton.Iteration(init, advance, monotone=True, verify=verify), tol, max_iters)
+                               newton.Iteration(init, advance, monotone=True, verify=proven_verifier(problem)),
+                               tol, max_iters)
 
 
 class _ElkBase(NewtonSolver):

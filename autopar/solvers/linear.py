@@ -44,8 +44,8 @@ def linearize_steps(f, structure: Structure, points, xt):
 
 
 def proven_residual(f, structure: Structure, prev, xt, vs, max_floats: int = RESIDUAL_CHUNK_FLOATS):
-    """res(V) (``convergence.residual``) with the scale of J_t in ``structure``, linearised at
-    ``prev`` in time chunks of at most ``max_floats`` floats of J (so a dense J of a long
+    """res(V) (``convergence.residual``) with the scale of J_t in ``structure`` and the input's
+    inflow (``convergence.input_inflow``), linearised at ``prev`` in time chunks of at most ``max_floats`` floats of J (so a dense J of a long
     sequence is never held whole). The documented meaning of ``converged`` and of
     ``Info.residual``; also the final judge of a stage whose own scale is stricter (quasi)."""
     T = vs.shape[0]
@@ -54,7 +54,7 @@ def proven_residual(f, structure: Structure, prev, xt, vs, max_floats: int = RES
     def one(args):
         p, x, v = args
         fv, a = linearize_steps(f, structure, p, x)
-        return cv.stage_residual(structure, a, p, v, fv)
+        return cv.stage_residual(structure, a, p, v, fv, cv.input_inflow(f, p, x))
 
     if T <= chunk:
         return one((prev, xt, vs))
@@ -67,7 +67,7 @@ def proven_residual(f, structure: Structure, prev, xt, vs, max_floats: int = RES
 
 
 def proven_verifier(problem: Problem):
-    """``newton.Iteration.verify`` for a quasi method: res(V) with the proven structure's J, in
+    """``newton.Iteration.verify``: res(V) by the documented measure (``proven_residual``), in
     chunks of at most T·D floats of J — a quasi method's O(T·D) memory holds."""
     budget = min(RESIDUAL_CHUNK_FLOATS, problem.length * problem.v0.shape[0])
     return lambda V: proven_residual(problem.f, problem.structure, cv.shift(problem.v0, V), problem.xt, V, budget)

@@ -278,9 +278,10 @@ def _joint(rec, consts, carry, x):
 
 def residual(rec, plan: Plan, consts, h0_leaves, hs_leaves, x_leaves, axis: Axis):
     """``autopar.emit.residual`` of a sharded trajectory: the global (pmax) per-element residual."""
+    consts, h0_leaves, hs_leaves, x_leaves = jax.lax.stop_gradient(
+        (list(consts), list(h0_leaves), list(hs_leaves), list(x_leaves)))
     v0, disc0 = rec.layout.ravel(list(h0_leaves))
     vs, discs = jax.vmap(rec.layout.ravel)(list(hs_leaves))
-    vs = jax.lax.stop_gradient(vs)
     prev = axis.shift(v0, vs)
     disc_prev = [axis.shift(d0, d) for d0, d in zip(disc0, discs)]
     f = lambda v, xt: rec.primal_step(consts, v, *xt)[0]  # noqa: E731
@@ -346,15 +347,17 @@ def on_mesh(fn, mesh, axis_name: str, h0, xs, *, length=None, reverse=False, ret
     def body(h_l, x_l):
         hh = jax.tree_util.tree_unflatten(htree, h_l)
         xx = jax.tree_util.tree_unflatten(treedef, x_l)
+        if not return_info:
+            return jax.tree_util.tree_leaves(inner(hh, xx, reverse=reverse))
         hs, info = inner(hh, xx, reverse=reverse, return_info=True)
         return jax.tree_util.tree_leaves(hs), info
 
     def out_spec(sp):
         return P(axis_name, *tuple(sp))
 
-    info_spec = P()
+    hs_specs = [out_spec(s) for s in h_specs]
     smap = jax.shard_map(body, mesh=mesh, in_specs=(h_specs, x_specs),
-                         out_specs=([out_spec(s) for s in h_specs], info_spec), check_vma=False)
+                         out_specs=(hs_specs, P()) if return_info else hs_specs, check_vma=False)
 
     def program(h_l, x_l):
         if pad:  # identity-free padding: repeat the last input after the recurrence's last step
@@ -362,12 +365,13 @@ def on_mesh(fn, mesh, axis_name: str, h0, xs, *, length=None, reverse=False, ret
                 lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, 0)], 0))
             x_l = [edge(a) for a in x_l]
         x_l = [jax.lax.with_sharding_constraint(a, jax.sharding.NamedSharding(mesh, s)) for a, s in zip(x_l, x_specs)]
-        hs, info = smap(h_l, x_l)
+        out = smap(h_l, x_l)
+        hs, info = out if return_info else (out, None)
         if pad:
             hs = [h[pad:] if reverse else h[:T] for h in hs]
         return hs, info
 
-    key = (mesh, axis_name, tuple(map(str, x_specs)), tuple(map(str, h_specs)), bool(reverse), T)
+    key = (mesh, axis_name, tuple(map(str, x_specs)), tuple(map(str, h_specs)), bool(reverse), T, bool(return_info))
     jitted = fn._mesh_programs.get(key)
     if jitted is None:
         jitted = fn._mesh_programs[key] = jax.jit(program)

@@ -113,7 +113,8 @@ class Axis:
         return jnp.concatenate([boundary[None].astype(vs.dtype), vs[:-1]], axis=0)
 
     def pmax(self, x):
-        return jax.lax.pmax(vary(x, self.name), self.name)
+        """The maximum over the shards (stop decisions, residuals: never differentiated)."""
+        return jax.lax.pmax(vary(jax.lax.stop_gradient(x), self.name), self.name)
 
     def psum(self, x):
         return jax.tree_util.tree_map(lambda a: jax.lax.psum(vary(a, self.name), self.name), x)
@@ -167,7 +168,9 @@ def summary(structure: Structure, a, b):
     L, D = b.shape
     sst = summary_structure(structure)
     if sst is structure:
-        compose, matvec = jax.vmap(structure.compose), jax.vmap(structure.matvec)
+        fixed = not jax.tree_util.tree_leaves(a)  # zero / identity: nothing to compose
+        compose = structure.compose if fixed else jax.vmap(structure.compose)
+        matvec = jax.vmap(structure.matvec, in_axes=(None if fixed else 0, 0))
 
         def combine(e1, e2):
             (a1, b1), (a2, b2) = e1, e2

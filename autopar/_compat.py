@@ -306,3 +306,12 @@ def varying_axes(x: Any) -> frozenset:
     if mat is not None:
         return frozenset(mat.varying)
     return frozenset(getattr(t, "vma", frozenset()))
+
+
+def manual_axes() -> tuple:
+    """The mesh axes the enclosing ``shard_map`` is manual over (empty outside one)."""
+    try:
+        m = jax.sharding.get_abstract_mesh()
+    except Exception:  # noqa: BLE001 - no mesh context
+        return ()
+    return tuple(getattr(m, "manual_axes", ()) or ())

@@ -113,8 +113,14 @@ class Axis:
         return jnp.concatenate([boundary[None].astype(vs.dtype), vs[:-1]], axis=0)
 
     def pmax(self, x):
-        """The maximum over the shards (stop decisions, residuals: never differentiated)."""
-        return jax.lax.pmax(vary(jax.lax.stop_gradient(x), self.name), self.name)
+        """The maximum over the shards (stop decisions, residuals: never differentiated).
+
+        Over *every* manual mesh axis, not only the time axis: all devices of the mesh then take
+        the same branches and run the same iterations, so no collective is issued by some groups
+        of a 2-D (batch × time) mesh and not by others (XLA:CPU's collectives rendezvous all
+        devices of the program and would deadlock)."""
+        names = tuple(dict.fromkeys(_compat.manual_axes() + (self.name,)))
+        return jax.lax.pmax(jax.lax.stop_gradient(x), names if len(names) > 1 else names[0])
 
     def psum(self, x):
         return jax.tree_util.tree_map(lambda a: jax.lax.psum(vary(a, self.name), self.name), x)

@@ -321,6 +321,17 @@ def _spec(leaf, mesh, skip: str | None = None):
     return s.spec
 
 
+def _place(a, mesh, spec):
+    """``a`` laid out as ``spec`` on ``mesh`` inside a jit: a sharding constraint on Auto axes,
+    ``jax.reshard`` on Explicit ones (``jax.make_mesh``'s default)."""
+    sharding = jax.sharding.NamedSharding(mesh, spec)
+    return jax.reshard(a, sharding) if _explicit(mesh) else jax.lax.with_sharding_constraint(a, sharding)
+
+
+def _explicit(mesh) -> bool:
+    return any(str(t).endswith("Explicit") for t in getattr(mesh, "axis_types", ()))
+
+
 def on_mesh(fn, mesh, axis_name: str, h0, xs, *, length=None, reverse=False, return_info=False):
     """``fn(h0, xs)`` with time sharded over ``mesh``'s axis ``axis_name`` (entry point 1).
 
@@ -364,10 +375,12 @@ def on_mesh(fn, mesh, axis_name: str, h0, xs, *, length=None, reverse=False, ret
             edge = (lambda a: jnp.concatenate([jnp.repeat(a[:1], pad, 0), a], 0)) if reverse else (
                 lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, 0)], 0))
             x_l = [edge(a) for a in x_l]
-        x_l = [jax.lax.with_sharding_constraint(a, jax.sharding.NamedSharding(mesh, s)) for a, s in zip(x_l, x_specs)]
+        x_l = [_place(a, mesh, s) for a, s in zip(x_l, x_specs)]
         out = smap(h_l, x_l)
         hs, info = out if return_info else (out, None)
         if pad:
+            if _explicit(mesh):  # JAX cannot slice an Explicit-sharded axis unevenly: gather it first
+                hs = [_place(h, mesh, P(None, *tuple(s))) for h, s in zip(hs, h_specs)]
             hs = [h[pad:] if reverse else h[:T] for h in hs]
         return hs, info
 

@@ -7,7 +7,10 @@ true states. The solvers' two-level forms are ``autopar.solvers.sharded``:
 * ``linear`` — one two-level linear solve (chunk summaries in the proven compact structure,
   an all-gather of P of them, an O(P) fold, the local scan from the true start);
 * ``deer`` / ``quasi-deer`` — Newton, each iteration one two-level linear solve, the residual
-  and every stop decision global (``pmax``), the sequential pipeline as the fallback;
+  and every stop decision global (``pmax``); the fallback chain as on one device (→ elk → the
+  sequential pipeline);
+* ``elk`` / ``quasi-elk`` — each damped step a parallel Kalman smoother whose filter and
+  smoother scans are two-level associative scans of their elements (O(P·m·b²) gathered);
 * ``sequential`` — the pipeline (P rounds of hand-offs: exact, not faster).
 
 Integer leaves: the affine ones by a two-level elementwise scan (integer multiply-add is a
@@ -45,7 +48,6 @@ from .plan import Plan
 from .solvers import convergence as cv
 from .solvers import sharded as sh
 from .solvers.base import Problem, Stats
-from .solvers.deer import DEER_MAX_ITERS, QUASI_MAX_ITERS
 from .solvers.linear import linearize_steps
 from .solvers.result import Result
 from .structure import Diagonal
@@ -64,9 +66,7 @@ def comm_floats(structure, D: int, P: int) -> float:
 
 # ---- the forward solve -----------------------------------------------------------------------
 def _chain(plan: Plan) -> tuple[str, ...]:
-    if plan.solver in ("deer", "quasi-deer") and plan.options.get("fallback", True) is not False:
-        return (plan.solver, "sequential")
-    return (plan.solver,)
+    return sh.CHAINS.get(plan.solver, (plan.solver,))
 
 
 def _forward(plan: Plan, axis: Axis):
@@ -85,10 +85,7 @@ def _forward(plan: Plan, axis: Axis):
             b, a = linearize_steps(problem.f, problem.structure, jnp.zeros((L, D), problem.dtype), problem.xt)
             vs = sh.sharded_linear_scan(problem.structure, a, b, problem.v0, axis)
             return vs, Stats(jnp.asarray(1, jnp.int32), jnp.asarray(True))
-        quasi = name == "quasi-deer"
-        cap = cv.options_max_iters(dataclasses.replace(problem, length=problem.length * axis.size),
-                                   QUASI_MAX_ITERS if quasi else DEER_MAX_ITERS)
-        return sh.newton_solve(problem, axis, quasi, cap)
+        return sh.run_chain(problem, axis, sh.CHAINS[name])
 
     return forward
 

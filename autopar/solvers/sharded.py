@@ -51,11 +51,15 @@ from .base import Problem, Stats
 from .linear import linearize_steps
 from .result import Result
 
-__all__ = ["Axis", "summary", "sharded_linear_scan", "pipeline", "newton_solve", "sequential_solve",
-           "composes", "vary", "SHARDED_SOLVERS"]
+__all__ = ["Axis", "summary", "sharded_linear_scan", "sharded_associative_scan", "sharded_kalman_step", "pipeline",
+           "run_chain", "sequential_solve", "elk_stage", "composes", "vary", "SHARDED_SOLVERS", "CHAINS", "ShardPlan"]
 
-#: Solvers with a time-sharded form (elk / quasi-elk are not sharded yet: the planner declines them).
-SHARDED_SOLVERS = ("sequential", "linear", "deer", "quasi-deer")
+#: The sharded fallback chains, as on one device (``Solver.chain()``).
+CHAINS = {"deer": ("deer", "elk", "sequential"), "quasi-deer": ("quasi-deer", "quasi-elk", "sequential"),
+          "elk": ("elk", "sequential"), "quasi-elk": ("quasi-elk", "sequential")}
+
+#: Solvers with a time-sharded form (a user-registered solver has none: the planner declines it).
+SHARDED_SOLVERS = ("sequential", "linear", "deer", "quasi-deer", "elk", "quasi-elk")
 
 
 def vary(x, axis_name):
@@ -280,26 +284,50 @@ def newton_iteration(problem: Problem, axis: Axis, quasi: bool) -> newton.Iterat
     return newton.Iteration(init, step)
 
 
-def newton_solve(problem: Problem, axis: Axis, quasi: bool, max_iters: int):
-    """Sharded deer / quasi-deer, falling back to the sequential pipeline (``fallback=True``) when
-    it does not converge; ``Stats`` as the single-device chain (deer → sequential)."""
-    tol = cv.options_tol(problem)
-    V0 = vary(cv.initial_guess(problem), axis.name)
-    hist = jnp.full((max_iters + 1,), jnp.nan, jnp.float32)
-    r = newton.iterate(newton_iteration(problem, axis, quasi), V0, hist, jnp.asarray(0, jnp.int32),
-                       tol=tol, max_iters=max_iters)
-    code = axis.pmax(r.result)  # one decision for every shard
-    its = axis.pmax(r.iterations)
+def stage(name: str, problem: Problem, axis: Axis) -> newton.Stage:
+    """The sharded chain stage ``name``: deer / quasi-deer (``newton_iteration``), elk / quasi-elk
+    (``elk_stage``), or the sequential pipeline as an exact stage."""
+    from .deer import DEER_MAX_ITERS, QUASI_MAX_ITERS
+
+    if name in ("deer", "quasi-deer"):
+        quasi = name == "quasi-deer"
+        cap = cv.options_max_iters(dataclasses.replace(problem, length=problem.length * axis.size),
+                                   QUASI_MAX_ITERS if quasi else DEER_MAX_ITERS)
+        return newton.newton_stage(name, newton_iteration(problem, axis, quasi), cv.options_tol(problem), cap)
+    if name in ("elk", "quasi-elk"):
+        return elk_stage(problem, name == "quasi-elk", axis)
+
+    def run(V, history, count):
+        return newton.StageResult(sequential_solve(problem, axis)[0], jnp.asarray(Result.converged, jnp.int32),
+                                  jnp.asarray(0, jnp.int32), history, count)
+
+    return newton.Stage("sequential", run)
+
+
+def run_chain(problem: Problem, axis: Axis, names):
+    """``autopar.solvers.newton.run_chain`` across shards: each later stage runs only when every
+    earlier one failed — one global decision (``Axis.pmax`` of the result code), so all shards
+    take the same branch. ``fallback=False`` runs the first stage only."""
     if problem.options.get("fallback", True) is False:
-        return r.vs, Stats(its, code == Result.converged, jnp.asarray(0, jnp.int32), axis.pmax(r.history), code)
+        names = names[:1]
+    stages = [stage(n, problem, axis) for n in names]
+    V0 = vary(cv.initial_guess(problem), axis.name)
+    hist = jnp.full((max(sum(s.slots for s in stages), 1),), jnp.nan, jnp.float32)
+    first = stages[0].run(V0, hist, jnp.asarray(0, jnp.int32))
+    code = axis.pmax(first.result)
+    carry = (first.vs, code, first.iterations, first.history, first.count, jnp.asarray(0, jnp.int32))
+    for k, st in enumerate(stages[1:], start=1):
+        def run_next(c, st=st, k=k):
+            vs, _, its, h, cnt, _ = c
+            finite = axis.pmax((~cv.finite(vs)).astype(jnp.int32)) == 0
+            r = st.run(jnp.where(finite, vs, V0), h, cnt)
+            return (r.vs, axis.pmax(r.result), its + r.iterations, r.history, r.count, jnp.asarray(k, jnp.int32))
 
-    def fall(vs):
-        return sequential_solve(problem, axis)[0]
-
-    vs = jax.lax.cond(code == Result.converged, lambda v: v, fall, r.vs)
-    idx = jnp.where(code == Result.converged, 0, 1).astype(jnp.int32)
-    result = jnp.where(code == Result.converged, code, jnp.asarray(Result.fell_back, jnp.int32))
-    return vs, Stats(its, jnp.asarray(True), idx, axis.pmax(r.history), result)
+        carry = jax.lax.cond(carry[1] == Result.converged, lambda c: c, run_next, carry)
+    vs, result, its, hist, _, idx = carry
+    converged = result == Result.converged
+    result = jnp.where(converged & (idx > 0), jnp.asarray(Result.fell_back, jnp.int32), result)
+    return vs, Stats(axis.pmax(its), converged, idx, axis.pmax(hist), result)
 
 
 # ---- the planner's view ------------------------------------------------------------------------
@@ -354,7 +382,8 @@ class ShardPlan:
             return self._per_solve(False), COLLECTIVES_LINEAR
         quasi = bool(getattr(solver, "quasi", False))
         it = max(float(iterations), 1.0)
-        return it * (self._per_solve(quasi) + 2 * self.D), it * COLLECTIVES_NEWTON
+        scans = float(getattr(solver, "scans", 1.0))  # elk: a smoother ≈ three scans, each two-level
+        return it * (scans * self._per_solve(quasi) + 2 * self.D), it * COLLECTIVES_NEWTON * scans
 
     def price(self, solver: Any, p: Any, K: Any) -> Any:
         """The single-device prediction ``p`` (at T = L) as a time-sharded one (class docstring)."""
@@ -375,3 +404,146 @@ class ShardPlan:
         return (f"time-sharded over mesh axis {self.axis!r}: P = {self.size} shards of L = {self.chunk} steps "
                 f"(T = {self.size * self.chunk}); {self.solver}: each shard receives ≈ {per} "
                 f"(independent of T: P × (compact transition {self.summary_floats:.0f} + D {self.D}) per linear solve)")
+
+
+# ---- ELK: the parallel Kalman smoother in the two-level form ----------------------------------
+def sharded_associative_scan(combine, elems, axis: Axis):
+    """All prefixes e_1 ∘ … ∘ e_t of an associative ``combine(earlier, later)`` (vectorised over the
+    leading axis) over the sharded sequence: a local reduction, an all-gather of the P totals, their
+    exclusive prefix in shard order folded into this chunk's first element, then the local scan.
+    The generic two-level form, for operators that are not a linear recurrence (the Kalman filter's
+    and smoother's elements)."""
+    total = _tree_reduce(combine, elems)
+    totals = axis.all_gather(total)  # (P, ...) by device index
+    if axis.reverse:
+        totals = jax.tree_util.tree_map(lambda x: jnp.flip(x, 0), totals)  # recurrence (position) order
+    inclusive = jax.lax.associative_scan(combine, totals)
+    pos = axis.position()
+    prefix = jax.tree_util.tree_map(lambda x: x[jnp.maximum(pos - 1, 0)][None], inclusive)
+    head = jax.tree_util.tree_map(lambda x: x[:1], elems)
+    joined = combine(prefix, head)
+    elems = jax.tree_util.tree_map(lambda e, j, h: e.at[:1].set(jnp.where(pos > 0, j, h)), elems, joined, head)
+    return jax.lax.associative_scan(combine, elems)
+
+
+def sharded_kalman_step(F, u, y, x0, lam, axis: Axis):
+    """``autopar.solvers.elk.kalman_step`` on this shard's chunk of the sharded sequence (its module
+    docstring has the maths): the first shard builds step 1's element from the known v_0, the
+    smoother's last local step reads the next shard's J and u, the last shard closes with
+    E_T = 0, g_T = m_T; both scans are ``sharded_associative_scan``."""
+    from .elk import _combine, _mm, _solve, _tr
+
+    b = F.shape[-1]
+    dt = F.dtype
+    k = (lam / (1.0 + lam)).astype(dt)
+    eye = jnp.eye(b, dtype=dt)
+    FT = _tr(F)
+    A = (1 - k) * F
+    bb = (1 - k) * u + k * y
+    C = jnp.broadcast_to((1 - k) * eye, F.shape)
+    h = k * _mm(FT, y - u)
+    G = k * _mm(FT, F)
+    first = axis.is_first()
+    m1 = _mm(F[0], x0) + u[0]
+    A = A.at[0].set(jnp.where(first, 0, A[0]))
+    bb = bb.at[0].set(jnp.where(first, (1 - k) * m1 + k * y[0], bb[0]))
+    h = h.at[0].set(jnp.where(first, 0, h[0]))
+    G = G.at[0].set(jnp.where(first, 0, G[0]))
+    _, mf, Pf, _, _ = sharded_associative_scan(_combine, (A, bb, C, h, G), axis)
+    F1, u1 = axis.from_next((F[0], u[0]))
+    Fn = jnp.concatenate([F[1:], F1[None]], 0)
+    un = jnp.concatenate([u[1:], u1[None]], 0)
+    S = _mm(_mm(Fn, Pf), _tr(Fn)) + jnp.broadcast_to(eye, Fn.shape)
+    E = _tr(_solve(S, _mm(Fn, Pf)))
+    g = mf - _mm(E, _mm(Fn, mf) + un)
+    last = axis.is_last()
+    E = E.at[-1].set(jnp.where(last, 0, E[-1]))
+    g = g.at[-1].set(jnp.where(last, mf[-1], g[-1]))
+
+    def comb(later, earlier):  # x ↦ E_e (E_l x + g_l) + g_e
+        El, gl = later
+        Ee, ge = earlier
+        return _mm(Ee, El), _mm(Ee, gl) + ge
+
+    back = dataclasses.replace(axis, reverse=not axis.reverse)
+    flip = lambda x: jnp.flip(x, 0)  # noqa: E731
+    _, ms = sharded_associative_scan(comb, (flip(E), flip(g)), back)
+    return flip(ms)
+
+
+def elk_stage(problem: Problem, quasi: bool, axis: Axis) -> newton.Stage:
+    """``autopar.solvers.elk.elk_stage`` across shards: the same damped step (``sharded_kalman_step``),
+    trust-region λ update, and undamped polish (a two-level linear solve); the merit Σ‖r_t‖² is
+    summed over the time axis, and every decision that gates a collective (stop, polish, stall)
+    is reduced over all mesh axes (``Axis.pmax``)."""
+    from . import elk as E
+    from .quasi import diagonal_steps
+
+    st = problem.structure
+    D = problem.v0.shape[0]
+    blk = E.Blocks(st, D, diagonal=quasi)
+    tol = cv.options_tol(problem)
+    max_iters = cv.options_max_iters(dataclasses.replace(problem, length=problem.length * axis.size), E.ELK_MAX_ITERS)
+    lam0 = problem.options.get("damping")
+    lam0 = E.LAMBDA_INIT if lam0 is None else float(lam0)
+    if not lam0 > 0:
+        raise ValueError(f"option `damping` (the initial Levenberg–Marquardt λ of elk) must be > 0; got {lam0!r}.")
+    f, xt, v0 = problem.f, problem.xt, problem.v0
+    rdt = jnp.zeros((), problem.dtype).real.dtype
+    a_structure = Diagonal(D) if blk.diag else st
+
+    def linearize(prev):
+        if blk.diag:
+            return diagonal_steps(f, st, prev, xt)
+        return linearize_steps(f, st, prev, xt)
+
+    def residual(V, fv, a):
+        return axis.pmax(cv.stage_residual(a_structure, a, axis.shift(v0, V), V, fv))
+
+    def step(V, fv, a, lam):
+        prev = axis.shift(v0, V)
+        F = jax.vmap(blk.mat)(a)
+        u = jax.vmap(blk.vec)(fv) - E._mm(F, jax.vmap(blk.vec)(prev))
+        y = jax.vmap(blk.vec)(V)
+        return jax.vmap(blk.unvec)(sharded_kalman_step(F, u, y, blk.vec(v0), lam, axis))
+
+    def merit(V, fv):
+        m = jax.lax.psum(jnp.sum(jnp.abs(V - fv) ** 2).astype(rdt), axis.name)
+        return jnp.where(jnp.isfinite(m), m, jnp.inf)
+
+    def finite_all(x):
+        return axis.pmax((~cv.finite(x)).astype(jnp.int32)) == 0
+
+    def init(V):
+        fv, a = linearize(axis.shift(v0, V))
+        lam = jnp.asarray(lam0, rdt)
+        return newton.State(V, residual(V, fv, a), (fv, a, merit(V, fv), lam), lam >= E.LAMBDA_MAX)
+
+    def polish(args):
+        V, fv, a, mer = args
+        prev = axis.shift(v0, V)
+        b = fv - jax.vmap(a_structure.matvec)(a, prev)
+        Vp = sharded_linear_scan(a_structure, a, b, v0, axis)
+        fp, ap = linearize(axis.shift(v0, Vp))
+        mp = merit(Vp, fp)
+        take = finite_all(Vp) & finite_all(fp) & (mp <= mer)
+        pick = lambda new, old: jnp.where(take, new, old)  # noqa: E731
+        return pick(Vp, V), pick(fp, fv), jax.tree_util.tree_map(pick, ap, a), pick(mp, mer)
+
+    def advance(s):
+        V, (fv, a, mer, lam) = s.V, s.aux
+        cand = step(V, fv, a, lam)
+        fc = cv.f_steps(f, axis.shift(v0, cand), xt)
+        mc = merit(cand, fc)
+        ok = jnp.isfinite(mc) & finite_all(cand) & finite_all(fc) & (mc < mer)
+        V = jnp.where(ok, cand, V)
+        fv = jnp.where(ok, fc, fv)
+        mer = jnp.where(ok, mc, mer)
+        a = jax.lax.cond(ok, lambda: linearize(axis.shift(v0, V))[1], lambda: a)
+        lam = jnp.where(ok, jnp.maximum(lam * E.SHRINK, E.LAMBDA_MIN), lam * E.GROW)
+        near = axis.pmax(jnp.max(jnp.abs(V - fv))) <= tol * (1.0 + axis.pmax(jnp.max(jnp.abs(V))))
+        V, fv, a, mer = jax.lax.cond(near, polish, lambda args: args, (V, fv, a, mer))
+        return newton.State(V, residual(V, fv, a), (fv, a, mer, lam), axis.pmax(lam) >= E.LAMBDA_MAX)
+
+    return newton.newton_stage("quasi-elk" if quasi else "elk", newton.Iteration(init, advance, monotone=True),
+                               tol, max_iters)

@@ -415,6 +415,14 @@ def parallelize(cell: Callable | None = None, *, solver: str | None = None, tol:
         name: the name used in reports and log lines. Default: the cell's qualified name.
 
     Other Parameters:
+        axis_name (str): run time-sharded over this mesh axis (docs/sharding.md). Alone: the cell
+            is called inside the user's ``jax.shard_map(..., check_vma=False)`` on each shard's
+            chunk of ``xs`` and returns that chunk's true states (h0: the whole sequence's initial
+            state, the same on every shard). With ``mesh``: autopar shards ``xs`` over that axis itself.
+            Default None; inputs already sharded along time (a ``NamedSharding``) are detected.
+        mesh (jax.sharding.Mesh): with ``axis_name``, shard the time axis over this mesh (any ``xs``,
+            traced under jit too); T not divisible by the axis size is padded after the last step
+            with copies of the last input, and the padding sliced off. Default None.
         backward (str): how gradients are computed. ``"auto"`` (default: the planner's
             choice), ``"linear"`` (the adjoint recurrence as one reverse structured scan),
             ``"sequential"`` (a reverse ``lax.scan`` of per-step VJPs) or ``"autodiff"`` (JAX

@@ -29,7 +29,8 @@ if __name__ == "__main__":  # before JAX starts
     _n = "8"
     if "--devices" in sys.argv:
         _n = sys.argv[sys.argv.index("--devices") + 1]
-    os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={_n}")
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={_n}").strip()
 
 import re
 

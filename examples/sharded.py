@@ -9,7 +9,9 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")  # before JAX starts
+# 8 CPU devices, before JAX starts (replacing a smaller count inherited from the environment)
+_flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+os.environ["XLA_FLAGS"] = " ".join(_flags + ["--xla_force_host_platform_device_count=8"])
 
 import jax
 import jax.numpy as jnp

@@ -296,3 +296,22 @@ def _replace_subjaxprs(eqn: JaxprEqn) -> JaxprEqn:
 
     params = {k: fix(v) for k, v in eqn.params.items()}
     return eqn.replace(params=params)
+
+
+def varying_axes(x: Any) -> frozenset:
+    """The manual mesh axes ``x`` varies over inside ``shard_map`` (its check_vma type); empty outside
+    or with check_vma=False. JAX 0.10 names it ``manual_axis_type.varying`` (older: ``vma``)."""
+    t = jax.typeof(x)
+    mat = getattr(t, "manual_axis_type", None)
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(t, "vma", frozenset()))
+
+
+def manual_axes() -> tuple:
+    """The mesh axes the enclosing ``shard_map`` is manual over (empty outside one)."""
+    try:
+        m = jax.sharding.get_abstract_mesh()
+    except Exception:  # noqa: BLE001 - no mesh context
+        return ()
+    return tuple(getattr(m, "manual_axes", ()) or ())

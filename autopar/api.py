@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _compat, config, emit, plan as plan_mod, trace
+from . import _compat, config, emit, plan as plan_mod, shard, trace
 from .errors import AutoparError, validate_leaves
 from .passes import analyse, facts_valid_for
 from .report import Report
@@ -34,7 +34,7 @@ logger = logging.getLogger("autopar")
 
 
 #: Options every recurrence accepts (planner, analysis); each solver adds those it reads (``Solver.options``).
-_COMMON_OPTIONS = frozenset({"backward", "memory_budget", "check", "chunk_size"})
+_COMMON_OPTIONS = frozenset({"backward", "memory_budget", "check", "chunk_size", "axis_name", "mesh"})
 
 
 def _known_options() -> frozenset:
@@ -106,6 +106,8 @@ class Parallelized:
         self._traces: dict = {}
         self._program_ids: dict = {}
         self._compiled: set = set()
+        self._mesh_programs: dict = {}  # entry point 1 (time-sharded inputs): jitted shard_map programs
+        self._siblings: dict = {}
         self._bound_to = None  # (parent, instance) for a bound method view
         self._jitted = jax.jit(self._run, static_argnames=("key", "length", "reverse"))
         self._residual_jitted = jax.jit(self._residual, static_argnames=("key", "reverse"))
@@ -145,7 +147,10 @@ class Parallelized:
         key holds the settings in force, so a changed setting never reuses a cached plan."""
         solver = self.solver if self.solver is not None else config.solver()
         options = self.options if "backward" in self.options else dict(self.options, backward=config.backward())
-        return solver, options, (solver, options["backward"], config.planner_backend())
+        shards = _axis_size(options)
+        if shards is not None:  # inside shard_map: the plan knows the mesh axis and its size
+            options = dict(options, axis_size=shards)
+        return solver, options, (solver, options["backward"], config.planner_backend(), shards)
 
     def _prepare(self, h0, xs, length=None):
         _check_cell_arity(self.cell, self.name, xs)
@@ -214,7 +219,8 @@ class Parallelized:
         if reverse:
             xs = jax.tree_util.tree_map(lambda a: jnp.flip(a, 0), xs)
         rec, facts, p = self._programs[key]
-        program = emit.build(rec, p)
+        axis = self.options.get("axis_name")
+        program = emit.build(rec, p) if axis is None else shard.build(rec, p, shard.Axis(axis, p.shards.size, reverse))
         leaves, info = program(consts, jax.tree_util.tree_leaves(h0), jax.tree_util.tree_leaves(xs))
         if reverse:
             leaves = [jnp.flip(l, 0) for l in leaves]
@@ -227,6 +233,10 @@ class Parallelized:
         flip = (lambda a: jnp.flip(a, 0)) if reverse else (lambda a: a)
         x_leaves = [flip(a) for a in jax.tree_util.tree_leaves(xs)]
         h_leaves = [flip(a) for a in jax.tree_util.tree_leaves(hs)]
+        axis = self.options.get("axis_name")
+        if axis is not None:
+            return shard.residual(rec, p, consts, jax.tree_util.tree_leaves(h0), h_leaves, x_leaves,
+                                  shard.Axis(axis, p.shards.size, reverse))
         return emit.residual(rec, p, consts, jax.tree_util.tree_leaves(h0), h_leaves, x_leaves)
 
     # ---- public ------------------------------------------------------------------
@@ -252,6 +262,12 @@ class Parallelized:
             h_t − cell(h_{t−1}, x_t), each element against its own scale: see `Info`) and
             ``info.fallback``.
         """
+        mesh, axis = self.options.get("mesh"), self.options.get("axis_name")
+        if mesh is not None or axis is None:
+            found = (mesh, axis) if mesh is not None else shard.time_axis_of(xs)
+            if found is not None:  # entry point 1: xs sharded along time (or mesh= given)
+                return shard.on_mesh(self, found[0], found[1], h0, xs, length=length, reverse=reverse,
+                                     return_info=return_info)
         sig, key, consts = self._lookup(h0, xs, length)
         kw = dict(key=key, length=length, reverse=bool(reverse))
         try:
@@ -290,6 +306,16 @@ class Parallelized:
         logger.info("compiled %r in %.2f s (tracing %.2f s, XLA %.2f s)", self.name, time.perf_counter() - t0,
                     t1 - t0, time.perf_counter() - t1)
 
+    def _sharded_sibling(self, axis_name: str) -> "Parallelized":
+        """This cell with ``axis_name`` set and no ``mesh``: what runs inside our shard_map."""
+        sib = self._siblings.get(axis_name)
+        if sib is None:
+            opts = {k: v for k, v in self.options.items() if k not in ("mesh", "tol", "max_iters")}
+            sib = self._siblings[axis_name] = Parallelized(
+                self.cell, solver=self.solver, tol=self.options.get("tol"), max_iters=self.options.get("max_iters"),
+                name=self.name, **dict(opts, axis_name=axis_name))
+        return sib
+
     def explain(self, h0: Any, xs: Any = None, *, length: int | None = None) -> Report:
         """What autopar proves about this cell at this signature, and what it would run.
 
@@ -297,6 +323,11 @@ class Parallelized:
         these arguments uses (a signature a call already traced is not traced again, nor is one
         explained here when it is called). ``print(report)`` for text; in a notebook it renders itself.
         """
+        mesh, axis = self.options.get("mesh"), self.options.get("axis_name")
+        if mesh is not None or axis is None:
+            found = (mesh, axis) if mesh is not None else shard.time_axis_of(xs)
+            if found is not None:  # the plan each shard of a time-sharded call runs
+                return shard.explain_on_mesh(self, found[0], found[1], h0, xs, length=length)
         _, key, _ = self._lookup(h0, xs, length)
         rec, facts, p = self._programs[key]
         return Report(rec.name, facts, p, rec.layout, rec.length)
@@ -305,6 +336,20 @@ class Parallelized:
         bound = "" if self._bound_to is None else f" bound to {type(self._bound_to[1]).__name__}"
         solver = self.solver if self.solver is not None else f"{config.solver()} (autopar.config default)"
         return f"<autopar.parallelize {self.name!r}, solver={solver!r}{bound}>"
+
+
+def _axis_size(options: dict) -> int | None:
+    """P, the size of the mesh axis ``axis_name`` names, when called inside ``shard_map`` over it."""
+    name = options.get("axis_name")
+    if name is None or options.get("mesh") is not None:
+        return None
+    try:
+        return int(jax.lax.axis_size(name))
+    except NameError as e:
+        raise ValueError(
+            f"axis_name={name!r}: no mesh axis of that name is bound here. Call the function inside "
+            f"jax.shard_map(..., mesh=mesh) over a mesh with an axis {name!r} (each shard passes its chunk "
+            f"of xs), or pass mesh=mesh as well to let autopar shard the inputs itself.") from e
 
 
 class _NoCache(dict):
@@ -370,6 +415,14 @@ def parallelize(cell: Callable | None = None, *, solver: str | None = None, tol:
         name: the name used in reports and log lines. Default: the cell's qualified name.
 
     Other Parameters:
+        axis_name (str): run time-sharded over this mesh axis (docs/sharding.md). Alone: the cell
+            is called inside the user's ``jax.shard_map(..., check_vma=False)`` on each shard's
+            chunk of ``xs`` and returns that chunk's true states (h0: the whole sequence's initial
+            state, the same on every shard). With ``mesh``: autopar shards ``xs`` over that axis itself.
+            Default None; inputs already sharded along time (a ``NamedSharding``) are detected.
+        mesh (jax.sharding.Mesh): with ``axis_name``, shard the time axis over this mesh (any ``xs``,
+            traced under jit too); T not divisible by the axis size is padded after the last step
+            with copies of the last input, and the padding sliced off. Default None.
         backward (str): how gradients are computed. ``"auto"`` (default: the planner's
             choice), ``"linear"`` (the adjoint recurrence as one reverse structured scan),
             ``"sequential"`` (a reverse ``lax.scan`` of per-step VJPs) or ``"autodiff"`` (JAX

@@ -31,7 +31,7 @@ from typing import Any
 
 from . import adjoint, config, costs
 from .adjoint import BACKWARD_MODES as BACKWARD_MODES
-from .solvers import get_solver, solver_names
+from .solvers import get_solver, sharded, solver_names
 from .solvers.pricing import Prediction as Prediction
 from .solvers.pricing import levels as levels
 
@@ -72,6 +72,8 @@ class Plan:
     constants: Any = None
     #: How integer state leaves are solved: "affine-scan" (exact associative scan) or "sequential".
     discrete: str = "sequential"
+    #: The time-sharded plan (``autopar.solvers.sharded.ShardPlan``: mesh axis, P, communication), or None.
+    shards: Any = None
 
 
 def parallel_blockers(facts: Any, rec: Any) -> list[str]:
@@ -143,14 +145,19 @@ def make_plan(rec: Any, facts: Any, solver: str = "auto", backend: str | None = 
         get_solver(solver)  # raises with the list of available solvers
     budget = _budget(options, backend)
     blockers = parallel_blockers(facts, rec)
+    shards = sharded.ShardPlan.of(options, facts, rec, K)  # None unless called inside shard_map
     rows = []
     for name in solver_names():
         s = get_solver(name)
         ok, why = s.applies(facts, rec)
         if ok and s.parallel and blockers:
             ok, why = False, "; ".join(blockers)
+        if ok and shards is not None and name not in sharded.SHARDED_SOLVERS:
+            ok, why = False, f"no time-sharded form yet (sharded: {', '.join(sharded.SHARDED_SOLVERS)})"
         if ok:
             p = s.cost(facts, rec, K)
+            if shards is not None:
+                p = shards.price(s, p, K)
             fits = not (p.memory > budget)
             if not fits:
                 why = f"{why}; but predicted memory {_fmt_bytes(p.memory)} exceeds memory_budget {_fmt_bytes(budget)}"
@@ -195,7 +202,10 @@ def make_plan(rec: Any, facts: Any, solver: str = "auto", backend: str | None = 
     backward, breason = _backward_mode(options.get("backward", "auto"), get_solver(chosen), rec, facts, K, blockers,
                                        budget)
     discrete = "affine-scan" if facts.get("discrete_affine") else "sequential"
-    return Plan(chosen, backward, facts["structure"], rows, reason, backend, options, forced, budget, breason, K, discrete)
+    if shards is not None:
+        shards = shards.chosen(next(r for r in rows if r.solver == chosen))
+    return Plan(chosen, backward, facts["structure"], rows, reason, backend, options, forced, budget, breason, K, discrete,
+                shards)
 
 
 def _backward_mode(backward, solver, rec, facts, K, blockers, budget) -> tuple[str, str]:

@@ -250,6 +250,9 @@ class Report:
         lines.append(f"solver: {self.solver}  ({self.plan.reason})")
         breason = getattr(self.plan, "backward_reason", "")
         lines.append(f"backward: {self.plan.backward}" + (f"  ({breason})" if breason else ""))
+        shards = getattr(self.plan, "shards", None)
+        if shards is not None:
+            lines.append(f"sharding: {shards.describe()}")
         lines.append(f"candidates on {self.plan.backend}:")
         w = max([6] + [len(c.solver) for c in self.candidates])
         lines.append(f"  {'solver':<{w}} {'applies':<7} {'pred. time':>10} {'pred. memory':>12} {'iters':>5} "

@@ -24,6 +24,7 @@ QUICK_ARGS = {
     "custom_solver.py": [],
     "custom_rule.py": [],
     "train_diag_gru.py": ["--steps", "3"],
+    "sharded.py": ["--T", "200"],
 }
 
 

@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("solvers", ("autopar.solvers", "autopar.solvers.*", "autopar.adjoint", "autopar.adjoint.*")),
     ("config", ("autopar.config",)),
     ("plan", ("autopar.plan",)),
-    ("emit", ("autopar.emit",)),
+    ("emit", ("autopar.emit", "autopar.shard")),
     ("explain", ("autopar.report",)),
     ("api", ("autopar.api",)),
     ("package", ("autopar", "autopar.calibrate")),

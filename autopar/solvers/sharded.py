@@ -48,7 +48,7 @@ from autopar.kinds import Kronecker, LowRank
 from . import convergence as cv
 from . import newton
 from .base import Problem, Stats
-from .linear import linearize_steps
+from .linear import RESIDUAL_CHUNK_FLOATS, linearize_steps, proven_residual
 from .result import Result
 
 __all__ = ["Axis", "summary", "sharded_linear_scan", "sharded_associative_scan", "sharded_kalman_step", "pipeline",
@@ -281,7 +281,14 @@ def newton_iteration(problem: Problem, axis: Axis, quasi: bool) -> newton.Iterat
         b = fv - jax.vmap(st.matvec)(a, prev)
         return init(sharded_linear_scan(st, a, b, v0, axis))
 
-    return newton.Iteration(init, step)
+    return newton.Iteration(init, step, verify=verifier(problem, axis))
+
+
+def verifier(problem: Problem, axis: Axis):
+    """``linear.proven_verifier`` across shards: each shard's chunk by the full measure, pmax'd."""
+    budget = min(RESIDUAL_CHUNK_FLOATS, problem.length * problem.v0.shape[0])
+    return lambda V: axis.pmax(proven_residual(problem.f, problem.structure, axis.shift(problem.v0, V), problem.xt,
+                                               V, budget))
 
 
 def stage(name: str, problem: Problem, axis: Axis) -> newton.Stage:
@@ -545,5 +552,6 @@ def elk_stage(problem: Problem, quasi: bool, axis: Axis) -> newton.Stage:
         V, fv, a, mer = jax.lax.cond(near, polish, lambda args: args, (V, fv, a, mer))
         return newton.State(V, residual(V, fv, a), (fv, a, mer, lam), axis.pmax(lam) >= E.LAMBDA_MAX)
 
-    return newton.newton_stage("quasi-elk" if quasi else "elk", newton.Iteration(init, advance, monotone=True),
+    return newton.newton_stage("quasi-elk" if quasi else "elk",
+                               newton.Iteration(init, advance, monotone=True, verify=verifier(problem, axis)),
                                tol, max_iters)

@@ -205,7 +205,7 @@ class Parallelized:
             self._traces[sig] = (key, consts)
         return sig, key, consts
 
-    def _run(self, consts, h0, xs, key, length=None, reverse=False):
+    def _run(self, consts, h0, xs, init=None, *, key, length=None, reverse=False):
         # ``consts`` (the cell's closed-over arrays, traced afresh by the caller) are explicit
         # arguments: the jitted program never captures them, so a later call with new closed-over
         # values (or tracers of an outer jax.grad/vmap) cannot reuse stale ones.
@@ -215,7 +215,12 @@ class Parallelized:
             xs = jax.tree_util.tree_map(lambda a: jnp.flip(a, 0), xs)
         rec, facts, p = self._programs[key]
         program = emit.build(rec, p)
-        leaves, info = program(consts, jax.tree_util.tree_leaves(h0), jax.tree_util.tree_leaves(xs))
+        init_leaves = None
+        if init is not None:
+            init_leaves = jax.tree_util.tree_leaves(init)
+            if reverse:
+                init_leaves = [jnp.flip(a, 0) for a in init_leaves]
+        leaves, info = program(consts, jax.tree_util.tree_leaves(h0), jax.tree_util.tree_leaves(xs), init_leaves)
         if reverse:
             leaves = [jnp.flip(l, 0) for l in leaves]
         hs = jax.tree_util.tree_unflatten(rec.layout.treedef, leaves)
@@ -231,7 +236,7 @@ class Parallelized:
 
     # ---- public ------------------------------------------------------------------
     def __call__(self, h0: Any, xs: Any = None, *, length: int | None = None, reverse: bool = False,
-                 return_info: bool = False):
+                 return_info: bool = False, init: Any = None):
         """Run the recurrence: the states h_1..h_T, the same values as ``lax.scan``.
 
         Args:
@@ -243,6 +248,13 @@ class Parallelized:
             reverse: run from t = T down to 1, like ``lax.scan(..., reverse=True)``; the
                 result is still indexed by t.
             return_info: also return an `Info`.
+            init: a warm start: a trajectory like the returned ``hs`` (same pytree, shapes and
+                dtypes; e.g. the previous training step's ``hs``) used as the first iterate of the
+                Newton solvers (deer, quasi-deer, elk, quasi-elk) instead of ``options['init']``.
+                It changes how many iterations they need, not the result (the same tolerance
+                applies); exact solvers (sequential, linear) ignore it. It is never differentiated
+                (``stop_gradient``): gradients are those of the solution. Passing it or not are
+                two programs (each compiled once).
 
         Returns:
             ``hs``, a pytree like ``h0`` whose every leaf has a leading time axis of length T
@@ -252,11 +264,15 @@ class Parallelized:
             h_t − cell(h_{t−1}, x_t), each element against its own scale: see `Info`) and
             ``info.fallback``.
         """
+        if init is not None:
+            _check_init_structure(init, h0, trace.xs_length(xs, length))
         sig, key, consts = self._lookup(h0, xs, length)
+        if init is not None:
+            _check_init_dtypes(init, self._programs[key][0].layout)
         kw = dict(key=key, length=length, reverse=bool(reverse))
         try:
-            self._log_compile(sig, consts, h0, xs, kw)
-            hs, info = self._jitted(consts, h0, xs, **kw)
+            self._log_compile(sig, consts, h0, xs, init, kw)
+            hs, info = self._jitted(consts, h0, xs, init, **kw)
             if return_info:
                 res = self._residual_jitted(consts, h0, xs, hs, key=key, reverse=bool(reverse))
                 info = info.with_residual(res)
@@ -266,14 +282,14 @@ class Parallelized:
             raise
         return (hs, info) if return_info else hs
 
-    def _log_compile(self, sig, consts, h0, xs, kw) -> None:
+    def _log_compile(self, sig, consts, h0, xs, init, kw) -> None:
         """On the first eager call at a signature, compile ahead of time to time (and log) it;
         the jit's own cache then holds the executable. Under an outer transformation the program
         is compiled as part of the outer one, by JAX."""
-        ckey = (sig, kw["key"], kw["reverse"])
+        ckey = (sig, kw["key"], kw["reverse"], init is not None)
         if ckey in self._compiled:
             return
-        args = (consts, h0, xs)
+        args = (consts, h0, xs, init)
         if any(isinstance(a, _compat.Tracer) for a in jax.tree_util.tree_leaves(args)):
             logger.debug("building %r inside an outer JAX transformation (compiled with it)", self.name)
             return
@@ -305,6 +321,28 @@ class Parallelized:
         bound = "" if self._bound_to is None else f" bound to {type(self._bound_to[1]).__name__}"
         solver = self.solver if self.solver is not None else f"{config.solver()} (autopar.config default)"
         return f"<autopar.parallelize {self.name!r}, solver={solver!r}{bound}>"
+
+
+def _check_init_structure(init, h0, T) -> None:
+    """``init=`` must be a trajectory like the returned hs: h0's pytree, every leaf (T, *leaf shape)."""
+    il, it = jax.tree_util.tree_flatten(init)
+    hl, ht = jax.tree_util.tree_flatten(h0)
+    if it != ht:
+        raise ValueError(f"`init` must be a trajectory like the returned hs (the pytree structure of h0, {ht}); "
+                         f"got {it}. Pass the hs of an earlier call with the same h0 structure.")
+    for k, (a, h) in enumerate(zip(il, hl)):
+        want = (T, *np.shape(h))
+        if tuple(np.shape(a)) != want:
+            raise ValueError(f"`init` leaf {k} must have shape (T, *h0 leaf shape) = {want}; got {tuple(np.shape(a))}. "
+                             "Pass the hs of an earlier call at the same T (time axis first).")
+
+
+def _check_init_dtypes(init, layout) -> None:
+    for k, (a, l) in enumerate(zip(jax.tree_util.tree_leaves(init), layout.leaves)):
+        got = jnp.result_type(a)
+        if got != jnp.dtype(l.dtype):
+            raise ValueError(f"`init` leaf {k} ({l.path}) must have the state's dtype {jnp.dtype(l.dtype).name}; got "
+                             f"{got.name}. Cast it (e.g. init.astype(...)) or pass the hs of an earlier call.")
 
 
 class _NoCache(dict):

@@ -26,6 +26,7 @@ from .errors import AutoparError, validate_leaves
 from .passes import analyse, facts_valid_for
 from .report import Report
 from .solvers import get_solver, solver_options
+from .solvers.result import Result
 
 __all__ = ["parallelize", "Parallelized", "scan", "explain"]
 
@@ -107,7 +108,8 @@ class Parallelized:
         self._program_ids: dict = {}
         self._compiled: set = set()
         self._bound_to = None  # (parent, instance) for a bound method view
-        self._jitted = jax.jit(self._run, static_argnames=("key", "length", "reverse"))
+        self._jitted = jax.jit(self._run, static_argnames=("key", "length", "reverse", "first_stage"))
+        self._full_chain: set = set()  # program keys whose first stage failed once: run the whole chain
         self._residual_jitted = jax.jit(self._residual, static_argnames=("key", "reverse"))
         functools.update_wrapper(self, cell, updated=())
 
@@ -205,7 +207,7 @@ class Parallelized:
             self._traces[sig] = (key, consts)
         return sig, key, consts
 
-    def _run(self, consts, h0, xs, init=None, *, key, length=None, reverse=False):
+    def _run(self, consts, h0, xs, init=None, *, key, length=None, reverse=False, first_stage=False):
         # ``consts`` (the cell's closed-over arrays, traced afresh by the caller) are explicit
         # arguments: the jitted program never captures them, so a later call with new closed-over
         # values (or tracers of an outer jax.grad/vmap) cannot reuse stale ones.
@@ -214,6 +216,8 @@ class Parallelized:
         if reverse:
             xs = jax.tree_util.tree_map(lambda a: jnp.flip(a, 0), xs)
         rec, facts, p = self._programs[key]
+        if first_stage:  # the lazy fallback (``_lazy_chain``): only the planned solver's stage
+            p = dataclasses.replace(p, options=dict(p.options, fallback=False))
         program = emit.build(rec, p)
         init_leaves = None
         if init is not None:
@@ -271,8 +275,17 @@ class Parallelized:
             _check_init_dtypes(init, self._programs[key][0].layout)
         kw = dict(key=key, length=length, reverse=bool(reverse))
         try:
-            self._log_compile(sig, consts, h0, xs, init, kw)
-            hs, info = self._jitted(consts, h0, xs, init, **kw)
+            hs = info = None
+            if self._lazy_chain(key, consts, h0, xs, init):
+                first = dict(kw, first_stage=True)
+                self._log_compile(sig, consts, h0, xs, init, first)
+                hs, info = self._jitted(consts, h0, xs, init, **first)
+                if int(info.result) != Result.converged:  # compile and run the whole chain, from now on
+                    self._full_chain.add(key)
+                    hs = info = None
+            if hs is None:
+                self._log_compile(sig, consts, h0, xs, init, kw)
+                hs, info = self._jitted(consts, h0, xs, init, **kw)
             if return_info:
                 res = self._residual_jitted(consts, h0, xs, hs, key=key, reverse=bool(reverse))
                 info = info.with_residual(res)
@@ -282,11 +295,26 @@ class Parallelized:
             raise
         return (hs, info) if return_info else hs
 
+    def _lazy_chain(self, key, consts, h0, xs, init) -> bool:
+        """Whether this call runs the planned solver's stage alone, compiling its fallback chain
+        only if it ever fails (then the whole chain, once, as one program; the failed first try
+        is discarded and the chain reruns from the start, so results equal the eager chain's).
+
+        Only eager calls (no tracer in the arguments: under jit / vmap / grad the chain is one
+        program, as the outer transformation needs) of a solver with a chain and ``fallback`` on.
+        The price: the call waits for the solve to read ``info.result``."""
+        if key in self._full_chain:
+            return False
+        p = self._programs[key][2]
+        if p.options.get("fallback", True) is False or len(get_solver(p.solver).chain()) < 2:
+            return False
+        return not any(isinstance(a, _compat.Tracer) for a in jax.tree_util.tree_leaves((consts, h0, xs, init)))
+
     def _log_compile(self, sig, consts, h0, xs, init, kw) -> None:
         """On the first eager call at a signature, compile ahead of time to time (and log) it;
         the jit's own cache then holds the executable. Under an outer transformation the program
         is compiled as part of the outer one, by JAX."""
-        ckey = (sig, kw["key"], kw["reverse"], init is not None)
+        ckey = (sig, kw["key"], kw["reverse"], init is not None, kw.get("first_stage", False))
         if ckey in self._compiled:
             return
         args = (consts, h0, xs, init)

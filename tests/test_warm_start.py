@@ -73,3 +73,32 @@ def test_init_validation_names_the_argument():
     with pytest.raises(ValueError, match="`init` leaf 0 .* dtype float64; got float32"):
         fn(h0, xs, init=jnp.zeros((T, 6), jnp.float32))
     assert not fn._compiled  # rejected before anything was compiled
+
+
+@pytest.mark.parametrize("solver", ("deer", "quasi-deer"))
+def test_causal_window_equals_scan(solver):
+    cell, h0, xs_fn = make("gru", 6, jnp.float64)
+    xs = xs_fn(257)  # odd: the static windows 128, 64, 32 do not divide T
+    ref = scan_states(cell, h0, xs)
+    full = autopar.parallelize(cell, solver=solver, fallback=False)
+    fn = autopar.parallelize(cell, solver=solver, fallback=False, causal=32)
+    hs, info = fn(h0, xs, return_info=True)
+    _, info_full = full(h0, xs, return_info=True)
+    assert bool(info.converged) and info.solver == solver
+    assert_trees_close(hs, ref)
+    assert abs(int(info.iterations) - int(info_full.iterations)) <= 1
+    # under jit + vmap (the phase loops run until every sequence fits the next window), and grads
+    xb = jnp.stack([xs, xs_fn(257, jax.random.PRNGKey(3))])
+    out = jax.jit(jax.vmap(lambda x: fn(h0, x)))(xb)
+    assert_trees_close(out, jax.vmap(lambda x: scan_states(cell, h0, x))(xb))
+    g = jax.grad(lambda x: jnp.sum(jnp.sin(fn(h0, x))))(xs)
+    g_ref = jax.grad(lambda x: jnp.sum(jnp.sin(scan_states(cell, h0, x))))(xs)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-8, atol=1e-10)
+
+
+def test_causal_widths():
+    from autopar.solvers.deer import causal_widths
+
+    assert causal_widths(4096, True) == (2048, 1024, 512, 256)
+    assert causal_widths(257, 32) == (128, 64, 32)
+    assert causal_widths(40, True) == ()

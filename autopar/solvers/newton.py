@@ -73,6 +73,11 @@ class Iteration(NamedTuple):
     init: Callable[[Any], State]
     step: Callable[[State], State]
     monotone: bool = False  # every step is no worse than the last: the current iterate is the best
+    #: The causal window (deer's ``causal`` option): ((width, step), …), widths decreasing, each a
+    #: step that updates only the last ``width`` steps; the driver moves to the next once
+    #: ``active(state)`` (the unconverged suffix's length) fits in it. Empty: ``step`` throughout.
+    phases: tuple = ()
+    active: Callable[[State], Any] | None = None
 
 
 class StageResult(NamedTuple):
@@ -112,20 +117,31 @@ def iterate(method: Iteration, V, history, count, *, tol: float, max_iters: int)
         i, s, _, _, code, _, _ = c
         return (i < max_iters) & (s.r > tol) & (code == Result.converged)
 
-    def body(c):
-        i, s, best_V, best_r, _, hist, cnt = c
-        s = method.step(s)
-        hist = hist.at[cnt + 1].set(s.r)
-        if not method.monotone:
-            better = s.r < best_r
-            best_V = jnp.where(better, s.V, best_V)
-            best_r = jnp.where(better, s.r, best_r)
-        return i + 1, s, best_V, best_r, failure(s), hist, cnt + 1
+    def body_of(step):
+        def body(c):
+            i, s, best_V, best_r, _, hist, cnt = c
+            s = step(s)
+            hist = hist.at[cnt + 1].set(s.r)
+            if not method.monotone:
+                better = s.r < best_r
+                best_V = jnp.where(better, s.V, best_V)
+                best_r = jnp.where(better, s.r, best_r)
+            return i + 1, s, best_V, best_r, failure(s), hist, cnt + 1
+
+        return body
 
     # a monotone method's current iterate is its best: no second copy of V in the carry
     best = ((), ()) if method.monotone else (s.V, s.r)
-    init = (jnp.asarray(0, jnp.int32), s, *best, failure(s), history, count)
-    i, s, best_V, best_r, code, history, count = jax.lax.while_loop(cond, body, init)
+    carry = (jnp.asarray(0, jnp.int32), s, *best, failure(s), history, count)
+    steps = [method.step] + [st for _, st in method.phases]
+    nexts = [w for w, _ in method.phases] + [None]
+    for step, nxt in zip(steps, nexts):  # one loop per window width (one loop without phases)
+        def cond_phase(c, nxt=nxt):
+            go = cond(c)
+            return go if nxt is None else go & (method.active(c[1]) > nxt)
+
+        carry = jax.lax.while_loop(cond_phase, body_of(step), carry)
+    i, s, best_V, best_r, code, history, count = carry
     V, r = (s.V, s.r) if method.monotone else (best_V, best_r)
     stop = jnp.where(code == Result.converged, _code(Result.max_iterations), code)
     return StageResult(V, jnp.where(r <= tol, _code(Result.converged), stop), i, history, count + 1)

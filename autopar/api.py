@@ -108,8 +108,7 @@ class Parallelized:
         self._program_ids: dict = {}
         self._compiled: set = set()
         self._bound_to = None  # (parent, instance) for a bound method view
-        self._jitted = jax.jit(self._run, static_argnames=("key", "length", "reverse", "first_stage"))
-        self._full_chain: set = set()  # program keys whose first stage failed once: run the whole chain
+        self._jitted = jax.jit(self._run, static_argnames=("key", "length", "reverse", "chain"))
         self._residual_jitted = jax.jit(self._residual, static_argnames=("key", "reverse"))
         functools.update_wrapper(self, cell, updated=())
 
@@ -207,7 +206,7 @@ class Parallelized:
             self._traces[sig] = (key, consts)
         return sig, key, consts
 
-    def _run(self, consts, h0, xs, init=None, *, key, length=None, reverse=False, first_stage=False):
+    def _run(self, consts, h0, xs, init=None, *, key, length=None, reverse=False, chain=None):
         # ``consts`` (the cell's closed-over arrays, traced afresh by the caller) are explicit
         # arguments: the jitted program never captures them, so a later call with new closed-over
         # values (or tracers of an outer jax.grad/vmap) cannot reuse stale ones.
@@ -216,8 +215,10 @@ class Parallelized:
         if reverse:
             xs = jax.tree_util.tree_map(lambda a: jnp.flip(a, 0), xs)
         rec, facts, p = self._programs[key]
-        if first_stage:  # the lazy fallback (``_lazy_chain``): only the planned solver's stage
+        if chain == "first":  # the lazy chain (``_lazy_chain``): only the planned solver's stage
             p = dataclasses.replace(p, options=dict(p.options, fallback=False))
+        elif chain == "rest":  # ... and the rest of it, from that stage's best iterate (``init``)
+            p = dataclasses.replace(p, options=dict(p.options, chain_start=1))
         program = emit.build(rec, p)
         init_leaves = None
         if init is not None:
@@ -275,15 +276,9 @@ class Parallelized:
             _check_init_dtypes(init, self._programs[key][0].layout)
         kw = dict(key=key, length=length, reverse=bool(reverse))
         try:
-            hs = info = None
             if self._lazy_chain(key, consts, h0, xs, init):
-                first = dict(kw, first_stage=True)
-                self._log_compile(sig, consts, h0, xs, init, first)
-                hs, info = self._jitted(consts, h0, xs, init, **first)
-                if int(info.result) != Result.converged:  # compile and run the whole chain, from now on
-                    self._full_chain.add(key)
-                    hs = info = None
-            if hs is None:
+                hs, info = self._lazy_call(sig, consts, h0, xs, init, kw)
+            else:
                 self._log_compile(sig, consts, h0, xs, init, kw)
                 hs, info = self._jitted(consts, h0, xs, init, **kw)
             if return_info:
@@ -296,25 +291,39 @@ class Parallelized:
         return (hs, info) if return_info else hs
 
     def _lazy_chain(self, key, consts, h0, xs, init) -> bool:
-        """Whether this call runs the planned solver's stage alone, compiling its fallback chain
-        only if it ever fails (then the whole chain, once, as one program; the failed first try
-        is discarded and the chain reruns from the start, so results equal the eager chain's).
+        """Whether this call runs the planned solver's stage alone, compiling the rest of its
+        fallback chain only when that stage fails (``_lazy_call``).
 
         Only eager calls (no tracer in the arguments: under jit / vmap / grad the chain is one
         program, as the outer transformation needs) of a solver with a chain and ``fallback`` on.
         The price: the call waits for the solve to read ``info.result``."""
-        if key in self._full_chain:
-            return False
         p = self._programs[key][2]
         if p.options.get("fallback", True) is False or len(get_solver(p.solver).chain()) < 2:
             return False
         return not any(isinstance(a, _compat.Tracer) for a in jax.tree_util.tree_leaves((consts, h0, xs, init)))
 
+    def _lazy_call(self, sig, consts, h0, xs, init, kw):
+        """The first stage; if it failed, the rest of the chain (a second program, compiled the
+        first time it is needed) from its best iterate when finite. ``Info`` adds up both parts
+        (iterations, history) and indexes the whole chain, as the one-program chain's does."""
+        first = dict(kw, chain="first")
+        self._log_compile(sig, consts, h0, xs, init, first)
+        hs, info = self._jitted(consts, h0, xs, init, **first)
+        if int(info.result) == Result.converged:
+            return hs, info
+        start = hs if all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(hs)) else init
+        rest = dict(kw, chain="rest")
+        self._log_compile(sig, consts, h0, xs, start, rest)
+        hs, more = self._jitted(consts, h0, xs, start, **rest)
+        h1 = info.history[: int(jnp.sum(~jnp.isnan(info.history)))]
+        return hs, dataclasses.replace(more, iterations=info.iterations + more.iterations,
+                                       history=jnp.concatenate([h1, more.history]))
+
     def _log_compile(self, sig, consts, h0, xs, init, kw) -> None:
         """On the first eager call at a signature, compile ahead of time to time (and log) it;
         the jit's own cache then holds the executable. Under an outer transformation the program
         is compiled as part of the outer one, by JAX."""
-        ckey = (sig, kw["key"], kw["reverse"], init is not None, kw.get("first_stage", False))
+        ckey = (sig, kw["key"], kw["reverse"], init is not None, kw.get("chain"))
         if ckey in self._compiled:
             return
         args = (consts, h0, xs, init)

@@ -15,8 +15,9 @@ For each cell this script runs, side by side in one process:
 It prints iterations, work = Σ_iterations active length (in steps; the ideal causal window,
 T − first unconverged index), the work the static widths actually do, wall time of both loops
 (each iteration one jitted call, so both pay the same Python overhead; compile excluded), and the
-max error of both against lax.scan. The windows are a prototype here, driven from Python: they
-are *not* in the library's jitted solvers (see docs/solvers.md, "The causal window").
+max error of both against lax.scan. Then the library's own solver, ``parallelize(solver=…,
+fallback=False)`` without and with ``causal=True`` (one jitted program each; the same widths
+with the default floor T/16), timed side by side (interleaved, median).
 
     PYTHONPATH=. python3 benchmarks/causal.py [--T 4096] [--repeats 3]
 """
@@ -38,7 +39,8 @@ from autopar.solvers import convergence as cv  # noqa: E402
 from autopar.solvers.linear import linearize_steps, newton_update  # noqa: E402
 from autopar.solvers.quasi import diagonal_steps  # noqa: E402
 from autopar.structure import Dense, Diagonal  # noqa: E402
-from benchmarks.common import machine_description  # noqa: E402
+import autopar  # noqa: E402
+from benchmarks.common import machine_description, side_by_side  # noqa: E402
 from tests.newton_cells import make  # noqa: E402
 
 
@@ -112,7 +114,8 @@ def main(argv=None):
     print(f"command: python benchmarks/causal.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"T={T}, float32, window widths {widths}\n")
     print(f"{'cell':<18} {'solver':<10} {'its f/w':>8} {'work full':>10} {'ideal':>7} {'windows':>8} "
-          f"{'t full ms':>10} {'t window ms':>12} {'ratio':>6} {'err full':>9} {'err win':>9}")
+          f"{'t full ms':>10} {'t window ms':>12} {'ratio':>6} {'err full':>9} {'err win':>9} "
+          f"{'lib full ms':>11} {'lib causal ms':>13} {'ratio':>6} {'its':>7}")
     cells = [("gru", 32, False), ("gru", 32, True), ("diag_gru", 64, False), ("slow_diag_gru", 64, False)]
     for name, D, quasi in cells:
         cell, h0, xs_fn = make(name.replace("slow_", ""), D, jnp.float32)
@@ -143,8 +146,13 @@ def main(argv=None):
         ew = float(jnp.max(jnp.abs(Vw - ref)))
         mf, mw = 1e3 * np.median(tf), 1e3 * np.median(tw)
         solver = "quasi-deer" if quasi else "deer"
+        lib = {c: autopar.parallelize(cell, solver=solver, fallback=False, causal=c) for c in (False, True)}
+        lits = [int(lib[c](h0, xs, return_info=True)[1].iterations) for c in (False, True)]
+        lt = side_by_side({c: (lambda c=c: lib[c](h0, xs)) for c in (False, True)}, repeats=args.repeats + 2)
         print(f"{name + f' D={D}':<18} {solver:<10} {f'{its_f}/{its_w}':>8} {work_f:>10d} "
-              f"{ideal:>7d} {work_w:>8d} {mf:>10.1f} {mw:>12.1f} {mw / mf:>6.2f} {ef:>9.1e} {ew:>9.1e}")
+              f"{ideal:>7d} {work_w:>8d} {mf:>10.1f} {mw:>12.1f} {mw / mf:>6.2f} {ef:>9.1e} {ew:>9.1e} "
+              f"{1e3 * lt[False]:>11.1f} {1e3 * lt[True]:>13.1f} {lt[True] / lt[False]:>6.2f} "
+              f"{f'{lits[0]}/{lits[1]}':>7}", flush=True)
     print("\nwork in steps × iterations: 'work full' = its·T, 'ideal' = Σ (T − first unconverged), 'windows' ="
           " Σ the static width used; ratio = t window / t full; its f/w = iterations full / window")
 

@@ -200,7 +200,14 @@ def solve(solver: Solver, problem: Problem):
     if problem.length == 0:
         return jnp.zeros((0, problem.v0.shape[0]), problem.dtype), empty_stats()
     stages = [_stage(solver, problem)] + [_stage(get_solver(n), problem) for n in solver.chain()[1:]]
-    return run_chain(problem, stages)
+    start = int(problem.options.get("chain_start", 0))
+    if not start:
+        return run_chain(problem, stages)
+    # the rest of the chain after stage ``start - 1`` failed (the lazy chain: ``options['init']``
+    # is that stage's best iterate): indices into the whole chain, and a converged result fell back
+    vs, st = run_chain(problem, stages[start:])
+    result = jnp.where(st.converged, _code(Result.fell_back), st.result)
+    return vs, Stats(st.iterations, st.converged, st.solver_index + start, st.history, result)
 
 
 def empty_stats() -> Stats:

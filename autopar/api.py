@@ -451,6 +451,10 @@ def parallelize(cell: Callable | None = None, *, solver: str | None = None, tol:
             differentiates the forward solver itself; exact solvers only — enables forward
             mode). Every mode but autodiff is the implicit adjoint, exact at the solution
             whatever the forward solver.
+        causal (bool | int): deer / quasi-deer only: the causal window — once the unconverged
+            steps fit in the last T/2, T/4, … steps (down to max(T/16, 32), or the int given), an
+            iteration updates only that suffix (docs/solvers.md, "The causal window"). Same
+            result and tolerance; more compile time. Default False.
         check (bool): ``True`` verifies the proven sparsity against ``jax.jacfwd`` of the step at
             a few random points during analysis (slow; for debugging passes and rules).
             Default False.
@@ -463,7 +467,7 @@ def parallelize(cell: Callable | None = None, *, solver: str | None = None, tol:
             iterate, with ``info.converged`` False (and compiles a smaller program).
         init (str | array): the first iterate of the Newton solvers: ``"zeros"`` (default),
             ``"h0"`` (every step at h0), ``"picard"`` (one Picard sweep) or a (T, D) array (the
-            flat state trajectory, e.g. a previous solution).
+            flat state trajectory). Per call, ``fn(h0, xs, init=hs_prev)`` (a warm start) wins.
         memory_budget (float): bytes a solver may keep alive; a candidate predicted to exceed it
             is never chosen. Default ``None``: half the device memory (of physical RAM on a CPU).
         picard_warmup (int): ``k`` Picard sweeps before Newton (each makes one more step exact);

@@ -100,12 +100,13 @@ def main(argv=None):
     print(f"{'contender':<30} {'analysis':>9} {'compile+run':>12} {'first call':>11} {'× scan':>7} {'2nd call':>9} "
           f"{'used (its)':>18}")
     runs = {n: [] for n in names}
-    for _ in range(args.rounds):
+    for _ in range(args.rounds - 1):
         for n in names:
             runs[n].append(run_child(n, args.T, args.D))
     med = lambda n, k: statistics.median(r.get(k, float("nan")) for r in runs[n])  # noqa: E731
-    base = med("lax.scan", "first")
-    for n in names:
+    for n in names:  # the last round prints as it goes
+        runs[n].append(run_child(n, args.T, args.D))
+        base = med("lax.scan", "first")
         r = runs[n][-1]
         used = "" if n == "lax.scan" else f"{r['used']} ({r['iterations']})"
         label = n if n == "lax.scan" else f"parallelize {n}"

@@ -26,6 +26,7 @@ from .errors import AutoparError, validate_leaves
 from .passes import analyse, facts_valid_for
 from .report import Report
 from .solvers import get_solver, solver_options
+from .solvers.result import Result
 
 __all__ = ["parallelize", "Parallelized", "scan", "explain"]
 
@@ -109,7 +110,7 @@ class Parallelized:
         self._mesh_programs: dict = {}  # entry point 1 (time-sharded inputs): jitted shard_map programs
         self._siblings: dict = {}
         self._bound_to = None  # (parent, instance) for a bound method view
-        self._jitted = jax.jit(self._run, static_argnames=("key", "length", "reverse"))
+        self._jitted = jax.jit(self._run, static_argnames=("key", "length", "reverse", "chain"))
         self._residual_jitted = jax.jit(self._residual, static_argnames=("key", "reverse"))
         functools.update_wrapper(self, cell, updated=())
 
@@ -210,7 +211,7 @@ class Parallelized:
             self._traces[sig] = (key, consts)
         return sig, key, consts
 
-    def _run(self, consts, h0, xs, key, length=None, reverse=False):
+    def _run(self, consts, h0, xs, init=None, *, key, length=None, reverse=False, chain=None):
         # ``consts`` (the cell's closed-over arrays, traced afresh by the caller) are explicit
         # arguments: the jitted program never captures them, so a later call with new closed-over
         # values (or tracers of an outer jax.grad/vmap) cannot reuse stale ones.
@@ -219,9 +220,22 @@ class Parallelized:
         if reverse:
             xs = jax.tree_util.tree_map(lambda a: jnp.flip(a, 0), xs)
         rec, facts, p = self._programs[key]
+        if chain == "first":  # the lazy chain (``_lazy_chain``): only the planned solver's stage
+            p = dataclasses.replace(p, options=dict(p.options, fallback=False))
+        elif chain == "rest":  # ... and the rest of it, from that stage's best iterate (``init``)
+            p = dataclasses.replace(p, options=dict(p.options, chain_start=1))
+        h_leaves, x_leaves = jax.tree_util.tree_leaves(h0), jax.tree_util.tree_leaves(xs)
         axis = self.options.get("axis_name")
-        program = emit.build(rec, p) if axis is None else shard.build(rec, p, shard.Axis(axis, p.shards.size, reverse))
-        leaves, info = program(consts, jax.tree_util.tree_leaves(h0), jax.tree_util.tree_leaves(xs))
+        if axis is not None:  # inside the user's shard_map (``init`` is refused up front there)
+            program = shard.build(rec, p, shard.Axis(axis, p.shards.size, reverse))
+            leaves, info = program(consts, h_leaves, x_leaves)
+        else:
+            init_leaves = None
+            if init is not None:
+                init_leaves = jax.tree_util.tree_leaves(init)
+                if reverse:
+                    init_leaves = [jnp.flip(a, 0) for a in init_leaves]
+            leaves, info = emit.build(rec, p)(consts, h_leaves, x_leaves, init_leaves)
         if reverse:
             leaves = [jnp.flip(l, 0) for l in leaves]
         hs = jax.tree_util.tree_unflatten(rec.layout.treedef, leaves)
@@ -241,7 +255,7 @@ class Parallelized:
 
     # ---- public ------------------------------------------------------------------
     def __call__(self, h0: Any, xs: Any = None, *, length: int | None = None, reverse: bool = False,
-                 return_info: bool = False):
+                 return_info: bool = False, init: Any = None):
         """Run the recurrence: the states h_1..h_T, the same values as ``lax.scan``.
 
         Args:
@@ -253,6 +267,13 @@ class Parallelized:
             reverse: run from t = T down to 1, like ``lax.scan(..., reverse=True)``; the
                 result is still indexed by t.
             return_info: also return an `Info`.
+            init: a warm start: a trajectory like the returned ``hs`` (same pytree, shapes and
+                dtypes; e.g. the previous training step's ``hs``) used as the first iterate of the
+                Newton solvers (deer, quasi-deer, elk, quasi-elk) instead of ``options['init']``.
+                It changes how many iterations they need, not the result (the same tolerance
+                applies); exact solvers (sequential, linear) ignore it. It is never differentiated
+                (``stop_gradient``): gradients are those of the solution. Passing it or not are
+                two programs (each compiled once).
 
         Returns:
             ``hs``, a pytree like ``h0`` whose every leaf has a leading time axis of length T
@@ -263,16 +284,29 @@ class Parallelized:
             ``info.fallback``.
         """
         mesh, axis = self.options.get("mesh"), self.options.get("axis_name")
+        if init is not None and (mesh is not None or axis is not None):
+            raise ValueError("`init` (a warm start) is not supported with time-sharded solves (mesh= / axis_name=) "
+                             "yet; drop init= there.")
         if mesh is not None or axis is None:
             found = (mesh, axis) if mesh is not None else shard.time_axis_of(xs)
             if found is not None:  # entry point 1: xs sharded along time (or mesh= given)
+                if init is not None:
+                    raise ValueError("`init` (a warm start) is not supported with time-sharded inputs yet; "
+                                     "drop init= or pass unsharded xs.")
                 return shard.on_mesh(self, found[0], found[1], h0, xs, length=length, reverse=reverse,
                                      return_info=return_info)
+        if init is not None:
+            _check_init_structure(init, h0, trace.xs_length(xs, length))
         sig, key, consts = self._lookup(h0, xs, length)
+        if init is not None:
+            _check_init_dtypes(init, self._programs[key][0].layout)
         kw = dict(key=key, length=length, reverse=bool(reverse))
         try:
-            self._log_compile(sig, consts, h0, xs, kw)
-            hs, info = self._jitted(consts, h0, xs, **kw)
+            if self._lazy_chain(key, consts, h0, xs, init):
+                hs, info = self._lazy_call(sig, consts, h0, xs, init, kw)
+            else:
+                self._log_compile(sig, consts, h0, xs, init, kw)
+                hs, info = self._jitted(consts, h0, xs, init, **kw)
             if return_info:
                 res = self._residual_jitted(consts, h0, xs, hs, key=key, reverse=bool(reverse))
                 info = info.with_residual(res)
@@ -282,14 +316,43 @@ class Parallelized:
             raise
         return (hs, info) if return_info else hs
 
-    def _log_compile(self, sig, consts, h0, xs, kw) -> None:
+    def _lazy_chain(self, key, consts, h0, xs, init) -> bool:
+        """Whether this call runs the planned solver's stage alone, compiling the rest of its
+        fallback chain only when that stage fails (``_lazy_call``).
+
+        Only eager calls (no tracer in the arguments: under jit / vmap / grad the chain is one
+        program, as the outer transformation needs) of a solver with a chain and ``fallback`` on.
+        The price: the call waits for the solve to read ``info.result``."""
+        p = self._programs[key][2]
+        if p.options.get("fallback", True) is False or len(get_solver(p.solver).chain()) < 2:
+            return False
+        return not any(isinstance(a, _compat.Tracer) for a in jax.tree_util.tree_leaves((consts, h0, xs, init)))
+
+    def _lazy_call(self, sig, consts, h0, xs, init, kw):
+        """The first stage; if it failed, the rest of the chain (a second program, compiled the
+        first time it is needed) from its best iterate when finite. ``Info`` adds up both parts
+        (iterations, history) and indexes the whole chain, as the one-program chain's does."""
+        first = dict(kw, chain="first")
+        self._log_compile(sig, consts, h0, xs, init, first)
+        hs, info = self._jitted(consts, h0, xs, init, **first)
+        if int(info.result) == Result.converged:
+            return hs, info
+        start = hs if all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(hs)) else init
+        rest = dict(kw, chain="rest")
+        self._log_compile(sig, consts, h0, xs, start, rest)
+        hs, more = self._jitted(consts, h0, xs, start, **rest)
+        h1 = info.history[: int(jnp.sum(~jnp.isnan(info.history)))]
+        return hs, dataclasses.replace(more, iterations=info.iterations + more.iterations,
+                                       history=jnp.concatenate([h1, more.history]))
+
+    def _log_compile(self, sig, consts, h0, xs, init, kw) -> None:
         """On the first eager call at a signature, compile ahead of time to time (and log) it;
         the jit's own cache then holds the executable. Under an outer transformation the program
         is compiled as part of the outer one, by JAX."""
-        ckey = (sig, kw["key"], kw["reverse"])
+        ckey = (sig, kw["key"], kw["reverse"], init is not None, kw.get("chain"))
         if ckey in self._compiled:
             return
-        args = (consts, h0, xs)
+        args = (consts, h0, xs, init)
         if any(isinstance(a, _compat.Tracer) for a in jax.tree_util.tree_leaves(args)):
             logger.debug("building %r inside an outer JAX transformation (compiled with it)", self.name)
             return
@@ -350,6 +413,28 @@ def _axis_size(options: dict) -> int | None:
             f"axis_name={name!r}: no mesh axis of that name is bound here. Call the function inside "
             f"jax.shard_map(..., mesh=mesh) over a mesh with an axis {name!r} (each shard passes its chunk "
             f"of xs), or pass mesh=mesh as well to let autopar shard the inputs itself.") from e
+
+
+def _check_init_structure(init, h0, T) -> None:
+    """``init=`` must be a trajectory like the returned hs: h0's pytree, every leaf (T, *leaf shape)."""
+    il, it = jax.tree_util.tree_flatten(init)
+    hl, ht = jax.tree_util.tree_flatten(h0)
+    if it != ht:
+        raise ValueError(f"`init` must be a trajectory like the returned hs (the pytree structure of h0, {ht}); "
+                         f"got {it}. Pass the hs of an earlier call with the same h0 structure.")
+    for k, (a, h) in enumerate(zip(il, hl)):
+        want = (T, *np.shape(h))
+        if tuple(np.shape(a)) != want:
+            raise ValueError(f"`init` leaf {k} must have shape (T, *h0 leaf shape) = {want}; got {tuple(np.shape(a))}. "
+                             "Pass the hs of an earlier call at the same T (time axis first).")
+
+
+def _check_init_dtypes(init, layout) -> None:
+    for k, (a, l) in enumerate(zip(jax.tree_util.tree_leaves(init), layout.leaves)):
+        got = jnp.result_type(a)
+        if got != jnp.dtype(l.dtype):
+            raise ValueError(f"`init` leaf {k} ({l.path}) must have the state's dtype {jnp.dtype(l.dtype).name}; got "
+                             f"{got.name}. Cast it (e.g. init.astype(...)) or pass the hs of an earlier call.")
 
 
 class _NoCache(dict):
@@ -429,6 +514,10 @@ def parallelize(cell: Callable | None = None, *, solver: str | None = None, tol:
             differentiates the forward solver itself; exact solvers only — enables forward
             mode). Every mode but autodiff is the implicit adjoint, exact at the solution
             whatever the forward solver.
+        causal (bool | int): deer / quasi-deer only: the causal window — once the unconverged
+            steps fit in the last T/2, T/4, … steps (down to max(T/16, 32), or the int given), an
+            iteration updates only that suffix (docs/solvers.md, "The causal window"). Same
+            result and tolerance; more compile time. Default False.
         check (bool): ``True`` verifies the proven sparsity against ``jax.jacfwd`` of the step at
             a few random points during analysis (slow; for debugging passes and rules).
             Default False.
@@ -441,7 +530,7 @@ def parallelize(cell: Callable | None = None, *, solver: str | None = None, tol:
             iterate, with ``info.converged`` False (and compiles a smaller program).
         init (str | array): the first iterate of the Newton solvers: ``"zeros"`` (default),
             ``"h0"`` (every step at h0), ``"picard"`` (one Picard sweep) or a (T, D) array (the
-            flat state trajectory, e.g. a previous solution).
+            flat state trajectory). Per call, ``fn(h0, xs, init=hs_prev)`` (a warm start) wins.
         memory_budget (float): bytes a solver may keep alive; a candidate predicted to exceed it
             is never chosen. Default ``None``: half the device memory (of physical RAM on a CPU).
         picard_warmup (int): ``k`` Picard sweeps before Newton (each makes one more step exact);

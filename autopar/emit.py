@@ -117,24 +117,31 @@ def _shift(v0, vs):
     return jnp.concatenate([v0[None], vs[:-1]], axis=0)
 
 
-def make_differentiable_solve(rec, plan: Plan):
-    """``solve(consts, v0, xt) -> (vs, stats arrays)``, differentiable by the plan's adjoint strategy."""
+def make_differentiable_solve(rec, plan: Plan, warm: bool = False):
+    """``solve(consts, v0, xt) -> (vs, stats arrays)``, differentiable by the plan's adjoint strategy.
+
+    ``warm``: ``xt`` carries a third entry, the (T, D) first iterate of the Newton solvers (a warm
+    start, passed as ``options['init']``; exact solvers ignore it). It rides in ``xt`` so the
+    custom_vjp sees it as an argument (not a closed-over tracer); the step never reads it, so its
+    cotangent is zero (and the caller stops its gradient)."""
     solver = get_solver(plan.solver)
     strategy = get_adjoint(plan.backward)
     structure = plan.structure
 
     def step(consts, v, xt):  # the adjoint's: JAX applies the cell's custom rules
-        disc, x = xt
+        disc, x = xt[:2]
         return rec.step(consts, v, disc, x)[0]
 
     def primal(consts, v, xt):  # custom_vjp calls inlined (the same values), so the solvers can linearise
-        return rec.primal_step(consts, v, *xt)[0]
+        return rec.primal_step(consts, v, *xt[:2])[0]
 
     solved = primal if strategy.implicit else step
 
     def forward(consts, v0, xt):
+        options = dict(plan.options, init=xt[2]) if warm else plan.options
+        xt = tuple(xt[:2])
         f = lambda v, x: solved(consts, v, x)  # noqa: E731
-        problem = Problem(f, v0, xt, structure, rec.length, plan.options, (rec.layout.split, rec.layout.join))
+        problem = Problem(f, v0, xt, structure, rec.length, options, (rec.layout.split, rec.layout.join))
         vs, stats = solver.solve(problem)
         return vs, (jnp.asarray(stats.solver_index, jnp.int32), stats.iterations, stats.converged, stats.history,
                     jnp.asarray(stats.result, jnp.int32))
@@ -143,7 +150,8 @@ def make_differentiable_solve(rec, plan: Plan):
 
 
 def build(rec, plan: Plan) -> Callable:
-    """The program for ``plan``: ``run(consts, h0_leaves, x_leaves) -> (state leaves (T, ...), Info)``.
+    """The program for ``plan``: ``run(consts, h0_leaves, x_leaves, init_leaves=None) -> (state leaves (T, ...),
+    Info)``; ``init_leaves`` (state leaves (T, ...), as returned) warm-start the Newton solvers.
 
     ``Info.residual`` is NaN here: ``residual`` checks a returned trajectory in a program of its own,
     so asking for it never recompiles the solve."""
@@ -151,8 +159,11 @@ def build(rec, plan: Plan) -> Callable:
     chain = get_solver(plan.solver).chain()
     T = rec.length
 
-    def run(consts, h0_leaves, x_leaves):
+    def run(consts, h0_leaves, x_leaves, init_leaves=None):
         v0, disc0 = layout.ravel(h0_leaves)
+        init = None
+        if init_leaves is not None and T > 0:  # the float part of the trajectory; never differentiated
+            init = jax.lax.stop_gradient(jax.vmap(layout.ravel)(list(init_leaves))[0])
         if not separable(rec):
             # The float state cannot be solved on its own: one lax.scan of the joint state,
             # differentiated by JAX (the planner's backward is "autodiff" here).
@@ -167,8 +178,9 @@ def build(rec, plan: Plan) -> Callable:
         else:
             discs = _discrete_trajectory(rec, plan, consts, v0, disc0, x_leaves)
             disc_prev = [jnp.concatenate([d0[None], d[:-1]], 0) for d0, d in zip(disc0, discs)]
-            solve = make_differentiable_solve(rec, plan)
-            vs, stats = solve(list(consts), v0, (disc_prev, list(x_leaves)))
+            solve = make_differentiable_solve(rec, plan, warm=init is not None)
+            xt = (disc_prev, list(x_leaves)) + (() if init is None else (init,))
+            vs, stats = solve(list(consts), v0, xt)
         leaves = jax.vmap(layout.unravel)(vs, list(discs)) if T > 0 else _empty_leaves(layout, discs)
         if plan.forced and len(chain) > 1:
             _warn_on_fallback(stats[0], chain)

@@ -47,6 +47,7 @@ __all__ = [
     "default_max_iters",
     "shift",
     "residual",
+    "step_residuals",
     "element_scale",
     "stage_residual",
     "input_inflow",
@@ -110,21 +111,26 @@ def input_inflow(f, prev, xt):
     return jax.vmap(one)(prev, xt)
 
 
-def residual(vs, fv, scale):
-    """max_{t,i} |v_{t,i} − f(v_{t−1})_i| / scale_{t,i} as a float32 scalar.
+def step_residuals(vs, fv, scale):
+    """max_i |v_{t,i} − f(v_{t−1})_i| / scale_{t,i} for every step t: (T,) float32.
 
-    NaN or inf in ``vs`` or ``fv`` gives inf (never "converged"); an exact zero defect counts
-    as zero whatever its scale; a finite defect on a zero scale gives the largest finite
+    NaN or inf in a step's ``vs`` or ``fv`` gives inf (never "converged"); an exact zero defect
+    counts as zero whatever its scale; a finite defect on a zero scale gives the largest finite
     float32 (not converged, but not "non-finite" either: a zero first iterate is normal).
     """
-    if vs.size == 0:
-        return jnp.zeros((), jnp.float32)
     err = jnp.abs(vs - fv)
     finfo = jnp.finfo(err.dtype)
     ratio = jnp.where(err == 0, 0.0, err / jnp.maximum(scale.astype(err.dtype), finfo.tiny))
-    r = jnp.minimum(jnp.max(ratio), finfo.max).astype(jnp.float32)
-    r = jnp.where(jnp.isinf(r), jnp.finfo(jnp.float32).max, r)  # a float64 ratio past float32's range
-    return jnp.where(jnp.all(jnp.isfinite(err)), r, jnp.inf)
+    rt = jnp.minimum(jnp.max(ratio, axis=1), finfo.max).astype(jnp.float32)
+    rt = jnp.where(jnp.isinf(rt), jnp.finfo(jnp.float32).max, rt)  # a float64 ratio past float32's range
+    return jnp.where(jnp.all(jnp.isfinite(err), axis=1), rt, jnp.inf)
+
+
+def residual(vs, fv, scale):
+    """res(V) = max_t ``step_residuals``, a float32 scalar (0 for T = 0)."""
+    if vs.size == 0:
+        return jnp.zeros((), jnp.float32)
+    return jnp.max(step_residuals(vs, fv, scale))
 
 
 def stage_residual(structure, a, prev, vs, fv, inflow=None):

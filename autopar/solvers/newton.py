@@ -87,6 +87,11 @@ class Iteration(NamedTuple):
     #: for ``STALL_ITERS`` steps (``Result.stalled``); an iterate that misses the method's own
     #: tol is then judged by ``verify``.
     verify: Callable[[Any], Any] | None = None
+    #: The causal window (deer's ``causal`` option): ((width, step), …), widths decreasing, each a
+    #: step that updates only the last ``width`` steps; the driver moves to the next once
+    #: ``active(state)`` (the unconverged suffix's length) fits in it. Empty: ``step`` throughout.
+    phases: tuple = ()
+    active: Callable[[State], Any] | None = None
 
 
 class StageResult(NamedTuple):
@@ -133,24 +138,35 @@ def iterate(method: Iteration, V, history, count, *, tol: float, max_iters: int)
         go = (i < max_iters) & (s.r > tol) & (code == Result.converged)
         return go & ~stalled(track) if stalls else go
 
-    def body(c):
-        i, s, best_V, best_r, _, hist, cnt, (low, since) = c
-        s = method.step(s)
-        hist = hist.at[cnt + 1].set(s.r)
-        if not method.monotone:
-            better = s.r < best_r
-            best_V = jnp.where(better, s.V, best_V)
-            best_r = jnp.where(better, s.r, best_r)
-        if stalls:
-            since = jnp.where(s.r < low, 0, since + 1)
-            low = jnp.minimum(low, s.r)
-        return i + 1, s, best_V, best_r, failure(s), hist, cnt + 1, (low, since)
+    def body_of(step):
+        def body(c):
+            i, s, best_V, best_r, _, hist, cnt, (low, since) = c
+            s = step(s)
+            hist = hist.at[cnt + 1].set(s.r)
+            if not method.monotone:
+                better = s.r < best_r
+                best_V = jnp.where(better, s.V, best_V)
+                best_r = jnp.where(better, s.r, best_r)
+            if stalls:
+                since = jnp.where(s.r < low, 0, since + 1)
+                low = jnp.minimum(low, s.r)
+            return i + 1, s, best_V, best_r, failure(s), hist, cnt + 1, (low, since)
+
+        return body
 
     # a monotone method's current iterate is its best: no second copy of V in the carry
     best = ((), ()) if method.monotone else (s.V, s.r)
     track = (s.r, jnp.asarray(0, jnp.int32)) if stalls else ((), ())
-    init = (jnp.asarray(0, jnp.int32), s, *best, failure(s), history, count, track)
-    i, s, best_V, best_r, code, history, count, track = jax.lax.while_loop(cond, body, init)
+    carry = (jnp.asarray(0, jnp.int32), s, *best, failure(s), history, count, track)
+    steps = [method.step] + [st for _, st in method.phases]
+    nexts = [w for w, _ in method.phases] + [None]
+    for step, nxt in zip(steps, nexts):  # one loop per window width (one loop without phases)
+        def cond_phase(c, nxt=nxt):
+            go = cond(c)
+            return go if nxt is None else go & (method.active(c[1]) > nxt)
+
+        carry = jax.lax.while_loop(cond_phase, body_of(step), carry)
+    i, s, best_V, best_r, code, history, count, track = carry
     V, r = (s.V, s.r) if method.monotone else (best_V, best_r)
     stop = jnp.where(code == Result.converged, _code(Result.max_iterations), code)
     if stalls:  # the stricter measure missed: judge the iterate by the documented one
@@ -212,7 +228,14 @@ def solve(solver: Solver, problem: Problem):
     if problem.length == 0:
         return jnp.zeros((0, problem.v0.shape[0]), problem.dtype), empty_stats()
     stages = [_stage(solver, problem)] + [_stage(get_solver(n), problem) for n in solver.chain()[1:]]
-    return run_chain(problem, stages)
+    start = int(problem.options.get("chain_start", 0))
+    if not start:
+        return run_chain(problem, stages)
+    # the rest of the chain after stage ``start - 1`` failed (the lazy chain: ``options['init']``
+    # is that stage's best iterate): indices into the whole chain, and a converged result fell back
+    vs, st = run_chain(problem, stages[start:])
+    result = jnp.where(st.converged, _code(Result.fell_back), st.result)
+    return vs, Stats(st.iterations, st.converged, st.solver_index + start, st.history, result)
 
 
 def empty_stats() -> Stats:

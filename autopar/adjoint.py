@@ -1,27 +1,36 @@
-r"""How the gradient of a solve is computed: the adjoint strategies the planner picks from.
+r"""How a solve is differentiated: the adjoint strategies the planner picks from.
 
-**Implicit adjoint.** At the solution v_t = f(v_{t-1}, x_t), the cotangents ḡ_t of the
-trajectory give adjoint states
+**Forward mode.** At the solution v_t = f(v_{t-1}, x_t; θ) a tangent (θ̇, v̇₀, ẋ) gives
 
-    λ_T = ḡ_T,    λ_t = ḡ_t + J_{t+1}ᵀ λ_{t+1},
+    ṽ_t = J_t ṽ_{t−1} + b_t,    b_t = ∂f/∂θ θ̇ + ∂f/∂x_t ẋ_t (+ J_1 v̇₀ at t = 1),
 
-one *linear* recurrence backward in time whatever the forward solver was. Then
-∂L/∂v₀ = J_1ᵀ λ_1 and the cotangents of x_t and of the closed-over constants come from one
-VJP of the vmapped step at (v_{t-1}, x_t) with λ_t. The solver's iterations are never
-differentiated and no iterate is stored: the residuals are the inputs and the trajectory.
+i.e. L ṽ = b with (L w)_t = w_t − J_t w_{t−1}: one *linear* recurrence forward in time,
+whatever the forward solver was.
 
-Strategies (``BACKWARD_MODES`` is ``"auto"`` and their names, in this order):
+**Implicit adjoint.** Reverse mode is its transpose: the cotangents ḡ_t of the trajectory give
 
-* ``linear`` — the adjoint recurrence as one structure-aware reverse associative scan of the
-  transposed compact factors;
-* ``sequential`` — a reverse ``lax.scan`` of per-step VJPs (the cell's own AD rules — custom_vjp,
-  rounding — apply per step, as in lax.scan's gradient);
-* ``autodiff`` — no implicit adjoint: JAX differentiates the exact forward solver itself, which
-  supports forward mode and ``jax.hessian`` at lax.scan's memory cost. Never chosen by ``auto``.
+    λ_T = ḡ_T,    λ_t = ḡ_t + J_{t+1}ᵀ λ_{t+1}        (Lᵀ λ = ḡ),
+
+then ∂L/∂v₀ = J_1ᵀ λ_1 and the cotangents of x_t and θ from one VJP of the vmapped step at
+(v_{t-1}, x_t) with λ_t. ``Adjoint.apply`` (one mechanism for every solver) is a
+``jax.custom_jvp`` whose tangent is ``lax.custom_linear_solve(L, b, tangent_solve,
+transpose_solve)``; JAX's transpose of it is exactly the adjoint. The solver's iterations are
+never differentiated and no iterate is stored: the residuals are the inputs and the trajectory.
+
+Strategies (``BACKWARD_MODES`` is ``"auto"`` and their names, in this order), each solving both
+linear systems the same way:
+
+* ``linear`` — one structure-aware associative scan of the compact factors J_t (forward) or of
+  their transposes (reverse);
+* ``sequential`` — a ``lax.scan`` of per-step JVPs (forward) or a reverse one of per-step VJPs
+  (the cell's own AD rules — custom_vjp, rounding — apply per step, as in lax.scan's gradient);
+* ``autodiff`` — no implicit rule: JAX differentiates the exact forward solver itself, at
+  lax.scan's memory cost. Never chosen by ``auto``.
 
 Each has ``applies(facts, rec, blockers, solver) -> (ok, reason)``, ``cost(facts, rec, K) ->
-Prediction`` and ``apply(forward, step, structure, exact) -> solve``, which makes the forward
-solve ``forward(consts, v0, xt) -> (vs, stats)`` differentiable.
+Prediction``, ``tangent_solve`` / ``transpose_solve``, and the shared ``apply(forward, step,
+structure, exact, tangent_step) -> solve``, which makes the forward solve
+``forward(consts, v0, xt) -> (vs, stats)`` differentiable.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from typing import Any, Callable, ClassVar
 import jax
 import jax.numpy as jnp
 
-from .dtypes import expand_cotangents, float_vjp, zeros_cotangent
+from .dtypes import zeros_cotangent
 from .registry import Registry
 from .solvers import get_solver, pricing, solver_names
 from .solvers.linear import linear_scan, linearize_steps
@@ -67,9 +76,18 @@ def per_step_adjoint(facts: Any) -> str:
 
 
 class Adjoint:
-    """An adjoint strategy. ``implicit`` ones supply the VJP themselves (the forward solver then
-    runs the primal step, custom_vjp calls inlined); otherwise JAX differentiates the forward
-    solver, which then runs the cell's own rules. ``auto`` ones are candidates of ``backward="auto"``."""
+    """An adjoint strategy: how the two *linear* trajectory systems are solved.
+
+    With L the linearised trajectory map, (L w)_t = w_t − J_t w_{t−1} (w_0 = 0):
+
+    * ``tangent_solve`` solves L w = b — the forward-mode tangent recurrence
+      w_t = J_t w_{t−1} + b_t;
+    * ``transpose_solve`` solves Lᵀ λ = ḡ — the adjoint recurrence λ_t = ḡ_t + J_{t+1}ᵀ λ_{t+1}.
+
+    ``apply`` (shared by every strategy) makes the forward solve differentiable in both modes
+    with them. ``implicit`` ones supply the derivative themselves (the forward solver then runs
+    the primal step, custom_vjp calls inlined); otherwise JAX differentiates the forward solver,
+    which then runs the cell's own rules. ``auto`` ones are candidates of ``backward="auto"``."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""  # the planner's reason text: "<description> predicted …"
@@ -84,37 +102,58 @@ class Adjoint:
     def cost(self, facts: Any, rec: Any, K: Any) -> pricing.Prediction:
         raise NotImplementedError
 
-    def cotangents(self, step, structure, consts, v0, xt, prev, g):
-        """(d_consts, d_v0, d_xt) from the trajectory's cotangents ``g`` (``prev`` = v_0..v_{T−1})."""
+    def tangent_solve(self, step, structure, consts, prev, xt, b):
+        """w_1..w_T with w_t = J_t w_{t−1} + b_t, w_0 = 0 (J_t at ``prev`` = v_0..v_{T−1})."""
         raise NotImplementedError
 
-    def apply(self, forward: Callable, step: Callable, structure: Any, exact: bool) -> Callable:
-        """``forward`` with ``cotangents`` as its VJP (a ``jax.custom_vjp``).
+    def transpose_solve(self, step, structure, consts, prev, xt, g):
+        """λ_1..λ_T with λ_t = g_t + J_{t+1}ᵀ λ_{t+1}, λ_{T+1} = 0 (J_t at ``prev``)."""
+        raise NotImplementedError
 
-        An ``exact`` forward solver (lax.scan, one linear scan) may be differentiated directly when
-        an outer transformation differentiates this rule (jax.hessian = jacfwd∘jacrev); an iterative
-        solver re-enters ``solve`` so that every order of reverse mode is implicit too."""
+    def apply(self, forward: Callable, step: Callable, structure: Any, exact: bool = True,
+              tangent_step: Callable | None = None) -> Callable:
+        """``forward(consts, v0, xt) -> (vs, stats)`` made differentiable: a ``jax.custom_jvp``.
 
-        @jax.custom_vjp
+        Its tangent is ṽ = L⁻¹ b with b_t = ∂f/∂θ θ̇ + ∂f/∂x ẋ_t (+ J_1 ḣ_0 at t = 1) — one JVP
+        of the step vmapped over t at the solution (under ``jax.checkpoint``: its residuals are the
+        solution and the inputs only) — by ``lax.custom_linear_solve`` with ``tangent_solve`` as
+        its solve and ``transpose_solve`` as its transpose. Reverse mode is JAX's transpose of
+        this linear map: λ = L⁻ᵀ ḡ by ``transpose_solve``, then the transposed JVP (one VJP of
+        the vmapped step) gives the cotangents of θ, x_t and v_0. The primal re-enters ``solve``,
+        so every order of differentiation is implicit; the solver is never differentiated.
+        ``tangent_step`` (default ``step``) is the step the forward tangent solve linearises (the
+        primal, custom_vjp calls inlined); ``b`` and the adjoint use ``step``, the cell's own rules."""
+        tstep = step if tangent_step is None else tangent_step
+
+        @jax.custom_jvp
         def solve(consts, v0, xt):
             return forward(consts, v0, xt)
 
-        def solve_fwd(consts, v0, xt):
-            out = forward(consts, v0, xt) if exact else solve(consts, v0, xt)
-            return out, (consts, v0, xt, out[0])
-
-        def solve_bwd(res, cts):
-            consts, v0, xt, vs = res
-            g = cts[0]
-            if isinstance(g, jax.custom_derivatives.SymbolicZero) or g is None:  # pragma: no cover
-                g = jnp.zeros_like(vs)
+        @solve.defjvp
+        def solve_jvp(primals, tangents):
+            consts, v0, xt = primals
+            d_consts, d_v0, d_xt = tangents
+            out = solve(consts, v0, xt)
+            vs = out[0]
+            d_stats = jax.tree_util.tree_map(zeros_cotangent, out[1])
             if vs.shape[0] == 0:  # T = 0: nothing depends on the inputs
-                return (jax.tree_util.tree_map(zeros_cotangent, consts), jnp.zeros_like(v0),
-                        jax.tree_util.tree_map(zeros_cotangent, xt))
+                return out, (jnp.zeros_like(vs), d_stats)
             prev = jnp.concatenate([v0[None], vs[:-1]], axis=0)
-            return self.cotangents(step, structure, consts, v0, xt, prev, g)
+            F = jax.vmap(step, in_axes=(None, 0, 0))
+            d_prev = jnp.concatenate([d_v0[None], jnp.zeros_like(prev[1:])], axis=0)
+            _, b = jax.jvp(jax.checkpoint(F), (consts, prev, xt), (d_consts, d_prev, d_xt))
+            Ft = jax.vmap(tstep, in_axes=(None, 0, 0))
 
-        solve.defvjp(solve_fwd, solve_bwd)
+            def matvec(w):  # (L w)_t = w_t − J_t w_{t−1}
+                w_prev = jnp.concatenate([jnp.zeros_like(w[:1]), w[:-1]], axis=0)
+                return w - jax.jvp(lambda p: Ft(consts, p, xt), (prev,), (w_prev,))[1]
+
+            d_vs = jax.lax.custom_linear_solve(
+                matvec, b,
+                lambda _, rhs: self.tangent_solve(tstep, structure, consts, prev, xt, rhs),
+                lambda _, g: self.transpose_solve(step, structure, consts, prev, xt, g))
+            return out, (d_vs, d_stats)
+
         return solve
 
 
@@ -170,18 +209,18 @@ class LinearAdjoint(Adjoint):
         return pricing.Prediction(K.parallel_overhead + t_ex + t_sc + t_vjp, mem, 1.0, w_ex + w_sc + 3 * T * fl,
                                   float(pricing.levels(T)))
 
-    def cotangents(self, step, structure, consts, v0, xt, prev, g):
+    def tangent_solve(self, step, structure, consts, prev, xt, b):
         f = lambda v, x: step(consts, v, x)  # noqa: E731
         _, a = linearize_steps(f, structure, prev, xt)  # J_1..J_T at the solution
+        return linear_scan(structure, a, b, jnp.zeros_like(prev[0]))
+
+    def transpose_solve(self, step, structure, consts, prev, xt, g):
+        f = lambda v, x: step(consts, v, x)  # noqa: E731
+        _, a = linearize_steps(f, structure, prev, xt)
         at = jax.vmap(structure.transpose, axis_size=prev.shape[0])(a)
-        # λ_t = ḡ_t + J_{t+1}ᵀ λ_{t+1}: reverse scan with factor M_t = J_{t+1}ᵀ (M_T unused, λ_{T+1} = 0)
+        # reverse scan with factor M_t = J_{t+1}ᵀ (M_T unused, λ_{T+1} = 0)
         m = jax.tree_util.tree_map(lambda x: jnp.concatenate([x[1:], x[-1:]], axis=0), at)
-        lam = linear_scan(structure, m, g, jnp.zeros_like(v0), reverse=True)
-        F = jax.vmap(step, in_axes=(None, 0, 0))
-        _, vjp = float_vjp(F, consts, prev, xt)
-        (cts,) = vjp(lam)
-        d_consts, d_prev, d_xt = expand_cotangents(cts, (consts, prev, xt))
-        return d_consts, d_prev[0], d_xt
+        return linear_scan(structure, m, g, jnp.zeros_like(prev[0]), reverse=True)
 
 
 def _sequential_cost(facts, rec, K) -> pricing.Prediction:
@@ -205,23 +244,22 @@ class SequentialAdjoint(Adjoint):
     def cost(self, facts, rec, K):
         return _sequential_cost(facts, rec, K)
 
-    def cotangents(self, step, structure, consts, v0, xt, prev, g):
-        floats = [c for c in jax.tree_util.tree_leaves(consts) if jnp.issubdtype(jnp.asarray(c).dtype, jnp.inexact)]
-        n_const = len(floats)
+    def tangent_solve(self, step, structure, consts, prev, xt, b):
+        def body(w, inp):  # w = w_{t−1}
+            b_t, p_t, x_t = inp
+            w = jax.jvp(lambda v: step(consts, v, x_t), (p_t,), (w,))[1] + b_t
+            return w, w
 
-        def body(carry, inp):
-            c, d_consts = carry  # c = J_{t+1}ᵀ λ_{t+1}
+        return jax.lax.scan(body, jnp.zeros_like(prev[0]), (b, prev, xt))[1]
+
+    def transpose_solve(self, step, structure, consts, prev, xt, g):
+        def body(c, inp):  # c = J_{t+1}ᵀ λ_{t+1}
             g_t, p_t, x_t = inp
-            _, vjp = float_vjp(step, consts, p_t, x_t)
-            (cts,) = vjp(g_t + c)
-            dc, rest = cts[:n_const], cts[n_const:]
-            n_v = 1 if jnp.issubdtype(p_t.dtype, jnp.inexact) else 0
-            dv, dx = (rest[0] if n_v else jnp.zeros_like(c)), rest[n_v:]
-            return (dv, [a + b for a, b in zip(d_consts, dc)]), dx
+            lam = g_t + c
+            _, vjp = jax.vjp(lambda v: step(consts, v, x_t), p_t)
+            return vjp(lam)[0], lam
 
-        zc = [jnp.zeros_like(c) for c in floats]
-        (d_v0, dc), dx = jax.lax.scan(body, (jnp.zeros_like(v0), zc), (g, prev, xt), reverse=True)
-        return expand_cotangents(dc, consts), d_v0, expand_cotangents(dx, xt)
+        return jax.lax.scan(body, jnp.zeros_like(prev[0]), (g, prev, xt), reverse=True)[1]
 
 
 @register_adjoint
@@ -248,7 +286,7 @@ class AutodiffAdjoint(Adjoint):
         """Priced as the reverse lax.scan of per-step VJPs (what it is after the sequential solver)."""
         return _sequential_cost(facts, rec, K)
 
-    def apply(self, forward, step, structure, exact):
+    def apply(self, forward, step, structure, exact=True, tangent_step=None):
         return forward
 
 

@@ -44,12 +44,11 @@ def _known_options() -> frozenset:
 
 
 FORWARD_MODE_MESSAGE = (
-    "autopar differentiates in reverse mode only: gradients come from an implicit adjoint "
-    "(a jax.custom_vjp around the solver), and JAX cannot push forward-mode tangents (jax.jvp, "
-    "jax.jacfwd, jax.hessian) through a custom_vjp. Use jax.grad / jax.vjp / jax.jacrev "
-    "(second derivatives: jax.jacrev(jax.jacrev(f))), or, for forward mode, build the recurrence "
-    "with solver='sequential' (or 'linear' for an affine cell) and backward='autodiff', which lets JAX "
-    "differentiate the solver itself at lax.scan's memory cost."
+    "forward-mode autodiff (jax.jvp, jax.jacfwd, jax.hessian, jax.linearize) cannot pass through this "
+    "cell: it calls a jax.custom_vjp, and JAX has no forward mode through a custom_vjp (lax.scan of the "
+    "same cell fails the same way). Reverse mode works and applies the custom backward rule: use "
+    "jax.grad / jax.vjp / jax.jacrev (second derivatives: jax.jacrev(jax.jacrev(f))), or give the cell a "
+    "jax.custom_jvp instead."
 )
 
 
@@ -511,9 +510,10 @@ def parallelize(cell: Callable | None = None, *, solver: str | None = None, tol:
         backward (str): how gradients are computed. ``"auto"`` (default: the planner's
             choice), ``"linear"`` (the adjoint recurrence as one reverse structured scan),
             ``"sequential"`` (a reverse ``lax.scan`` of per-step VJPs) or ``"autodiff"`` (JAX
-            differentiates the forward solver itself; exact solvers only — enables forward
-            mode). Every mode but autodiff is the implicit adjoint, exact at the solution
-            whatever the forward solver.
+            differentiates the forward solver itself; exact solvers only). Every mode but
+            autodiff is the implicit adjoint, exact at the solution whatever the forward
+            solver; forward mode (jax.jvp / jacfwd / hessian) solves the tangent recurrence the
+            same way (docs/gradients.md).
         causal (bool | int): deer / quasi-deer only: the causal window — once the unconverged
             steps fit in the last T/2, T/4, … steps (down to max(T/16, 32), or the int given), an
             iteration updates only that suffix (docs/solvers.md, "The causal window"). Same
@@ -634,6 +634,7 @@ def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None, reve
     fn = _scan_parallelized(f, solver, options)
     out = fn(init, xs, length=length, reverse=reverse, return_info=return_info)
     hs, info = out if return_info else (out, None)
+    hs, forwarded = _forward_unchanged(fn, init, xs, length, hs)
     if T == 0:
         carry = init
         ys = _empty_ys(f, init, xs)
@@ -647,11 +648,32 @@ def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None, reve
         else:
             prev = jax.tree_util.tree_map(lambda a, h: jnp.concatenate([a, h[:-1]], 0), first, hs)
             carry = jax.tree_util.tree_map(lambda h: h[-1], hs)
+        # carry leaves the body returns unchanged come back as the input itself (as lax.scan's)
+        carry = jax.tree_util.tree_map(
+            lambda c, i, fw: (i if isinstance(i, jax.Array) else jnp.asarray(i, c.dtype)) if fw else c,
+            carry, init, forwarded)
         if xs_ord is None:
             ys = jax.vmap(lambda c: f(c, None)[1])(prev)
         else:
             ys = jax.vmap(lambda c, x: f(c, x)[1])(prev, xs_ord)
     return ((carry, ys), info) if return_info else (carry, ys)
+
+
+def _forward_unchanged(fn, init, xs, length, hs):
+    """(hs, forwarded): which carry leaves the body returns unchanged (its output *is* its input
+    in the traced body), and ``hs`` with those leaves as init broadcast over time — so that such
+    a carry is returned as the input value itself, as lax.scan's read-only carry forwarding does
+    (an unbatched carry stays unbatched under vmap; a cond around the scan can forward it)."""
+    _, key, _ = fn._lookup(init, xs, length)  # cached: the trace of this call
+    jaxpr = fn._programs[key][0].cell_jaxpr.jaxpr
+    n = len(fn._programs[key][0].layout.leaves)
+    flags = [o is i for o, i in zip(jaxpr.outvars[:n], jaxpr.invars[:n])]
+    treedef = jax.tree_util.tree_structure(init)
+    forwarded = jax.tree_util.tree_unflatten(treedef, flags)
+    if any(flags):
+        hs = jax.tree_util.tree_map(lambda h, i, fw: jnp.broadcast_to(jnp.asarray(i, h.dtype), h.shape) if fw else h,
+                                    hs, init, forwarded)
+    return hs, forwarded
 
 
 def _promote_weak_init(f, init, xs):

@@ -3,9 +3,10 @@ r"""Stage 4: build the program for a plan. The only stage that builds JAX comput
 The emitted function maps ``(consts, h0 leaves, x leaves)`` to the state
 trajectory. Discrete (integer/bool) state leaves are solved first and exactly;
 the float state is then solved by the planned solver, made differentiable by the planned
-adjoint strategy (``autopar.adjoint``: the implicit adjoint — one ``jax.custom_vjp`` shared by
-every solver, ``sequential`` included, so a CPU's sequential forward still gets the planner's
-choice of backward — or ``autodiff``, which lets JAX differentiate an exact forward solver).
+adjoint strategy (``autopar.adjoint``: one ``jax.custom_jvp`` shared by every solver,
+``sequential`` included, whose tangent is a linear trajectory solve and whose transpose is the
+implicit adjoint — so a CPU's sequential forward still gets the planner's choice of backward —
+or ``autodiff``, which lets JAX differentiate an exact forward solver).
 A recurrence whose integer state reads the float state runs as one ``lax.scan`` of the joint
 state, differentiated by JAX.
 """
@@ -146,7 +147,7 @@ def make_differentiable_solve(rec, plan: Plan, warm: bool = False):
         return vs, (jnp.asarray(stats.solver_index, jnp.int32), stats.iterations, stats.converged, stats.history,
                     jnp.asarray(stats.result, jnp.int32))
 
-    return strategy.apply(forward, step, structure, exact=solver.exact)
+    return strategy.apply(forward, step, structure, exact=solver.exact, tangent_step=primal)
 
 
 def build(rec, plan: Plan) -> Callable:

@@ -618,7 +618,29 @@ def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None, reve
         ``((carry, ys), info)`` — the pair first, then the info.
     """
     if not callable(f):
-        raise TypeError(f"`f` must be callable as f(carry, x) -> (carry, y); got {type(f).__name__}: {f!r}.")
+        raise TypeError(f"autopar.scan (as lax.scan): the body `f` must be callable as f(carry, x) -> (carry, y); "
+                        f"got {type(f).__name__}: {f!r}.")
+    try:
+        return _scan(f, init, xs, length, reverse, unroll, solver, return_info, options)
+    except (TypeError, ValueError, AutoparError, jax.errors.ConcretizationTypeError) as e:
+        # Inputs lax.scan itself rejects get lax.scan's own error (type and wording), so code
+        # written against lax.scan's errors keeps working; autopar's own refusals stay as they are.
+        theirs = _lax_scan_error(f, init, xs, length, reverse, unroll)
+        if theirs is None:
+            raise
+        raise theirs from e  # lax.scan's exception as is; autopar's reading of it is the __cause__
+
+
+def _lax_scan_error(f, init, xs, length, reverse, unroll):
+    """The exception ``lax.scan`` raises tracing these arguments (abstractly), or None."""
+    try:
+        jax.eval_shape(lambda i, x: jax.lax.scan(f, i, x, length=length, reverse=reverse, unroll=unroll), init, xs)
+    except Exception as e:  # noqa: BLE001 - whatever lax.scan raises is the answer
+        return e
+    return None
+
+
+def _scan(f, init, xs, length, reverse, unroll, solver, return_info, options):
     validate_leaves(init, "init")
     validate_leaves(xs, "xs")
     T = trace.xs_length(xs, length)

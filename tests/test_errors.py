@@ -95,8 +95,23 @@ def test_forced_linear_on_nonlinear_cell():
 
 
 def test_scan_body_must_return_pair():
-    with pytest.raises(TypeError, match=r"pair \(new_carry, y\)"):
+    """Inputs lax.scan rejects get lax.scan's own exception (type and wording: code written
+    against lax.scan keeps working); autopar's reading of the problem is its __cause__."""
+    with pytest.raises(TypeError, match="scan body output must be a pair") as e:
         autopar.scan(lambda c, x: c, jnp.zeros(2), jnp.zeros((3, 2)))
+    assert "pair (new_carry, y)" in str(e.value.__cause__)
+
+
+def test_scan_errors_are_lax_scans():
+    with pytest.raises(ValueError, match=r"scan got `length` argument of 5 which disagrees"):
+        autopar.scan(lambda c, x: (c, x), 0.0, jnp.arange(10.0), length=5)
+    with pytest.raises(TypeError, match="must have the same pytree structure"):
+        autopar.scan(lambda c, x: ((c, c), x), 0.0, jnp.arange(3.0))
+    with pytest.raises(TypeError, match="lax.scan.*callable"):
+        autopar.scan(42, 0.0, jnp.arange(3.0))
+    f = jax.jit(lambda n, x: autopar.scan(lambda c, z: (c, z), x, None, n))
+    with pytest.raises(jax.errors.ConcretizationTypeError, match="`length` argument to `scan`"):
+        f(3, 1.0)
 
 
 def test_bad_tol_and_max_iters():

@@ -71,7 +71,7 @@ from . import newton
 from .base import NewtonSolver, Problem, register_solver
 from .linear import linearize_steps, newton_update, proven_verifier
 
-__all__ = ["Elk", "QuasiElk", "elk_stage", "kalman_step", "Blocks"]
+__all__ = ["Elk", "QuasiElk", "elk_stage", "kalman_step", "filter_elements", "smoother_combine", "Blocks"]
 
 ELK_MAX_ITERS = 64
 LAMBDA_INIT = 1e-2
@@ -125,17 +125,13 @@ def _combine(ei, ej):
     return A, bb, C, h, G
 
 
-def kalman_step(F, u, y, x0, lam):
-    """Posterior mean of the LM state-space model (see the module docstring), block layout.
-
-    F: (T, m, b, b) dynamics J_t; u, y: (T, m, b, 1); x0: (m, b, 1); lam: scalar λ > 0.
-    Returns the smoothed means (T, m, b, 1).
-    """
-    T = F.shape[0]
-    b = F.shape[-1]
+def filter_elements(F, u, y, x0, lam, first=True):
+    """The filter's associative-scan elements (A, b, C, h, G) of the LM state-space model (module
+    docstring); ``first`` (a bool, or a traced one for a shard of a sharded sequence) says the
+    chunk starts at step 1, whose element is built from the known x0."""
     dt = F.dtype
     k = (lam / (1.0 + lam)).astype(dt)
-    eye = jnp.eye(b, dtype=dt)
+    eye = jnp.eye(F.shape[-1], dtype=dt)
     FT = _tr(F)
     A = (1 - k) * F
     bb = (1 - k) * u + k * y
@@ -143,11 +139,29 @@ def kalman_step(F, u, y, x0, lam):
     h = k * _mm(FT, y - u)
     G = k * _mm(FT, F)
     m1 = _mm(F[0], x0) + u[0]
-    A = A.at[0].set(0)
-    bb = bb.at[0].set((1 - k) * m1 + k * y[0])
-    h = h.at[0].set(0)
-    G = G.at[0].set(0)
-    _, mf, Pf, _, _ = jax.lax.associative_scan(_combine, (A, bb, C, h, G))
+    A = A.at[0].set(jnp.where(first, 0, A[0]))
+    bb = bb.at[0].set(jnp.where(first, (1 - k) * m1 + k * y[0], bb[0]))
+    h = h.at[0].set(jnp.where(first, 0, h[0]))
+    G = G.at[0].set(jnp.where(first, 0, G[0]))
+    return A, bb, C, h, G
+
+
+def smoother_combine(later, earlier):
+    """The smoother's associative operator on maps x ↦ E x + g: E_e (E_l x + g_l) + g_e."""
+    El, gl = later
+    Ee, ge = earlier
+    return _mm(Ee, El), _mm(Ee, gl) + ge
+
+
+def kalman_step(F, u, y, x0, lam):
+    """Posterior mean of the LM state-space model (see the module docstring), block layout.
+
+    F: (T, m, b, b) dynamics J_t; u, y: (T, m, b, 1); x0: (m, b, 1); lam: scalar λ > 0.
+    Returns the smoothed means (T, m, b, 1).
+    """
+    T = F.shape[0]
+    eye = jnp.eye(F.shape[-1], dtype=F.dtype)
+    _, mf, Pf, _, _ = jax.lax.associative_scan(_combine, filter_elements(F, u, y, x0, lam))
     if T == 1:
         return mf
     Fn, un = F[1:], u[1:]
@@ -158,13 +172,8 @@ def kalman_step(F, u, y, x0, lam):
     E = jnp.concatenate([E, jnp.zeros_like(E[:1])], 0)
     g = jnp.concatenate([g, mf[-1:]], 0)
 
-    def comb(later, earlier):  # x ↦ E_e (E_l x + g_l) + g_e
-        El, gl = later
-        Ee, ge = earlier
-        return _mm(Ee, El), _mm(Ee, gl) + ge
-
     Ef, gf = jnp.flip(E, 0), jnp.flip(g, 0)
-    _, ms = jax.lax.associative_scan(comb, (Ef, gf))
+    _, ms = jax.lax.associative_scan(smoother_combine, (Ef, gf))
     return jnp.flip(ms, 0)
 
 

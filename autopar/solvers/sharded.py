@@ -438,25 +438,11 @@ def sharded_kalman_step(F, u, y, x0, lam, axis: Axis):
     docstring has the maths): the first shard builds step 1's element from the known v_0, the
     smoother's last local step reads the next shard's J and u, the last shard closes with
     E_T = 0, g_T = m_T; both scans are ``sharded_associative_scan``."""
-    from .elk import _combine, _mm, _solve, _tr
+    from .elk import _combine, _mm, _solve, _tr, filter_elements, smoother_combine
 
-    b = F.shape[-1]
-    dt = F.dtype
-    k = (lam / (1.0 + lam)).astype(dt)
-    eye = jnp.eye(b, dtype=dt)
-    FT = _tr(F)
-    A = (1 - k) * F
-    bb = (1 - k) * u + k * y
-    C = jnp.broadcast_to((1 - k) * eye, F.shape)
-    h = k * _mm(FT, y - u)
-    G = k * _mm(FT, F)
-    first = axis.is_first()
-    m1 = _mm(F[0], x0) + u[0]
-    A = A.at[0].set(jnp.where(first, 0, A[0]))
-    bb = bb.at[0].set(jnp.where(first, (1 - k) * m1 + k * y[0], bb[0]))
-    h = h.at[0].set(jnp.where(first, 0, h[0]))
-    G = G.at[0].set(jnp.where(first, 0, G[0]))
-    _, mf, Pf, _, _ = sharded_associative_scan(_combine, (A, bb, C, h, G), axis)
+    eye = jnp.eye(F.shape[-1], dtype=F.dtype)
+    elems = filter_elements(F, u, y, x0, lam, first=axis.is_first())
+    _, mf, Pf, _, _ = sharded_associative_scan(_combine, elems, axis)
     F1, u1 = axis.from_next((F[0], u[0]))
     Fn = jnp.concatenate([F[1:], F1[None]], 0)
     un = jnp.concatenate([u[1:], u1[None]], 0)
@@ -467,14 +453,9 @@ def sharded_kalman_step(F, u, y, x0, lam, axis: Axis):
     E = E.at[-1].set(jnp.where(last, 0, E[-1]))
     g = g.at[-1].set(jnp.where(last, mf[-1], g[-1]))
 
-    def comb(later, earlier):  # x ↦ E_e (E_l x + g_l) + g_e
-        El, gl = later
-        Ee, ge = earlier
-        return _mm(Ee, El), _mm(Ee, gl) + ge
-
     back = dataclasses.replace(axis, reverse=not axis.reverse)
     flip = lambda x: jnp.flip(x, 0)  # noqa: E731
-    _, ms = sharded_associative_scan(comb, (flip(E), flip(g)), back)
+    _, ms = sharded_associative_scan(smoother_combine, (flip(E), flip(g)), back)
     return flip(ms)
 
 

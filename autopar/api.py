@@ -404,7 +404,13 @@ class Parallelized:
         if measure is not False:
             from .measure import DEFAULT_REPEATS, measure_candidates
 
-            measured = measure_candidates(self, p, h0, xs, length, DEFAULT_REPEATS if measure is True else measure)
+            opts = {k: v for k, v in self.options.items() if k not in ("tol", "max_iters")}
+
+            def forced(name):
+                return Parallelized(self.cell, solver=name, tol=self.options.get("tol"),
+                                    max_iters=self.options.get("max_iters"), name=self.name, **opts)
+
+            measured = measure_candidates(forced, p, h0, xs, length, DEFAULT_REPEATS if measure is True else measure)
         return Report(rec.name, facts, p, rec.layout, rec.length, measured)
 
     def __repr__(self) -> str:

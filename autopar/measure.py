@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 
@@ -35,19 +35,17 @@ SKIP_ABOVE = 0.01
 DEFAULT_REPEATS = 3
 
 
-def measure_candidates(fn: Any, plan: Any, h0: Any, xs: Any, length: int | None = None,
-                       repeats: int = DEFAULT_REPEATS) -> dict:
+def measure_candidates(forced: Callable[[str], Callable], plan: Any, h0: Any, xs: Any,
+                       length: int | None = None, repeats: int = DEFAULT_REPEATS) -> dict:
     """solver name -> measured seconds (min over ``repeats`` interleaved rounds), or a string
-    saying why that candidate was not timed. ``fn`` is the ``Parallelized`` being explained."""
+    saying why that candidate was not timed. ``forced(name)`` is the function being explained
+    with ``solver=name`` (same options), called as ``f(h0, xs, length=length)``."""
     if any(isinstance(a, _compat.Tracer) for a in jax.tree_util.tree_leaves((h0, xs))):
         raise RuntimeError("explain(..., measure=True) runs the candidates and must be called eagerly, "
                            "not inside jax.jit / vmap / grad (measure=False works there).")
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise ValueError(f"`measure` must be True, False or a positive number of repeats; got {repeats!r}.")
-    from .api import Parallelized
-
     chosen = next(c for c in plan.candidates if c.chosen)
-    opts = {k: v for k, v in fn.options.items() if k not in ("tol", "max_iters")}
     runs, out = {}, {}
     for c in plan.candidates:
         if not c.applies:
@@ -58,8 +56,7 @@ def measure_candidates(fn: Any, plan: Any, h0: Any, xs: Any, length: int | None 
         if c.solver != chosen.solver and c.time > max(MAX_PREDICTED_RATIO * chosen.time, SKIP_ABOVE):
             out[c.solver] = f"not run: predicted > {MAX_PREDICTED_RATIO:g}× the choice"
             continue
-        f = Parallelized(fn.cell, solver=c.solver, tol=fn.options.get("tol"), max_iters=fn.options.get("max_iters"),
-                         name=fn.name, **opts)
+        f = forced(c.solver)
         runs[c.solver] = (lambda f=f: f(h0, xs, length=length))
     for call in runs.values():  # compile and warm up: not timed
         jax.block_until_ready(call())

@@ -39,7 +39,7 @@ def report(results, log=print) -> float:
     worst = max(results, key=lambda r: r["regret"])
     ok = "meets" if worst["regret"] <= TARGET else "MISSES"
     log(f"worst auto/best: {worst['regret']:.2f} ({worst['cell']}, T={worst['T']}, {worst['kind']}) — "
-        f"{ok} the target ≤ {TARGET}")
+        f"{ok} the target ≤ {TARGET:.2f}")
     return worst["regret"]
 
 

@@ -202,7 +202,7 @@ class LinearAdjoint(Adjoint):
         T, D, isz, cplx, xb, _ = pricing.sizes(rec)
         st = facts["structure"]
         fl = pricing.flops(facts, cplx)
-        t_ex, w_ex = pricing.extraction(T, D, fl, st, isz, xb, K)
+        t_ex, w_ex = pricing.extraction(T, D, fl, st, isz, xb, K, pricing.tangent(facts, rec, cplx))
         t_sc, w_sc = pricing.scan(T, D, st, isz, cplx, K)
         t_vjp = 3.0 * T * fl / K.par_flops + T * (2 * xb + 3 * D * isz) / K.bytes_per_s
         mem = 3.0 * T * (st.floats() + D) * isz + T * xb

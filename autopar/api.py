@@ -378,21 +378,40 @@ class Parallelized:
                 name=self.name, **dict(opts, axis_name=axis_name))
         return sib
 
-    def explain(self, h0: Any, xs: Any = None, *, length: int | None = None) -> Report:
+    def explain(self, h0: Any, xs: Any = None, *, length: int | None = None,
+                measure: bool | int = False) -> Report:
         """What autopar proves about this cell at this signature, and what it would run.
 
         Nothing is compiled or run: the report renders the same facts and plan a call with
         these arguments uses (a signature a call already traced is not traced again, nor is one
         explained here when it is called). ``print(report)`` for text; in a notebook it renders itself.
+
+        ``measure=True`` (or a number of repeats) also runs every candidate on these arguments
+        (compiled first, then timed interleaved, minimum of 3 rounds; ``autopar.measure``) and the
+        table shows measured next to predicted time: a check of the cost model on this machine.
         """
         mesh, axis = self.options.get("mesh"), self.options.get("axis_name")
         if mesh is not None or axis is None:
             found = (mesh, axis) if mesh is not None else shard.time_axis_of(xs)
             if found is not None:  # the plan each shard of a time-sharded call runs
+                if measure is not False:
+                    raise ValueError("explain(..., measure=True) times single-device calls; it does not "
+                                     "measure time-sharded ones (call explain without measure).")
                 return shard.explain_on_mesh(self, found[0], found[1], h0, xs, length=length)
         _, key, _ = self._lookup(h0, xs, length)
         rec, facts, p = self._programs[key]
-        return Report(rec.name, facts, p, rec.layout, rec.length)
+        measured = None
+        if measure is not False:
+            from .measure import DEFAULT_REPEATS, measure_candidates
+
+            opts = {k: v for k, v in self.options.items() if k not in ("tol", "max_iters")}
+
+            def forced(name):
+                return Parallelized(self.cell, solver=name, tol=self.options.get("tol"),
+                                    max_iters=self.options.get("max_iters"), name=self.name, **opts)
+
+            measured = measure_candidates(forced, p, h0, xs, length, DEFAULT_REPEATS if measure is True else measure)
+        return Report(rec.name, facts, p, rec.layout, rec.length, measured)
 
     def __repr__(self) -> str:
         bound = "" if self._bound_to is None else f" bound to {type(self._bound_to[1]).__name__}"

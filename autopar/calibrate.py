@@ -18,6 +18,10 @@ steadiest estimate of a program's own cost on a shared machine):
    the same without the matmul, in float32 and in complex64.
 7. ``parallel_overhead`` — autopar's linear solver on a tiny affine cell minus the
    hand-written scan of the same size (extraction, glue, custom_vjp).
+8. ``cache_bytes``, ``scan_miss_time`` — the last-level cache's size (read from the OS, at
+   most ``MAX_CACHE_BYTES``: a shared cache is not all one process's), and the extra time per
+   stored float per step of a diagonal scan whose working set (T = 2²⁰, D = 16: ≈ 384 MiB) is
+   far beyond it, over the in-cache ``scan_elem_time`` of step 5.
 
 Results are written to ``autopar.costs.cache_path()`` under the key
 ``costs.device_key(backend)`` and used by every later plan in any process on this
@@ -140,6 +144,26 @@ def _parallel_overhead(backend: str, repeats: int) -> float:
     return max(t_lin - t_hand, 0.0)
 
 
+#: A cache shared by many cores (or reported whole on a VM) is not all one process's.
+MAX_CACHE_BYTES = 64 * 2**20
+
+
+def _llc_bytes() -> float | None:
+    """Size of the largest CPU cache the OS reports (Linux sysfs), or None."""
+    import glob
+
+    best = None
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            txt = open(path).read().strip().upper()
+            mult = {"K": 2**10, "M": 2**20, "G": 2**30}.get(txt[-1:], 1)
+            n = float(txt[:-1] if txt[-1:] in "KMG" else txt) * mult
+        except (OSError, ValueError):
+            continue
+        best = n if best is None else max(best, n)
+    return best
+
+
 def _levels(T: int) -> int:
     return 2 * math.ceil(math.log2(T)) if T > 1 else 1
 
@@ -214,6 +238,18 @@ def calibrate(backend: str | None = None, *, save: bool = True, repeats: int = 7
         L = max(L, ts / (2 * _levels(Ts)))
         E = max((tl - L * _levels(Tl)) / (Tl * 2 * Dl), tl / (4 * Tl * 2 * Dl))
     log(f"level_overhead {L:.3g} s, scan_elem_time {E:.3g} s")
+    # 5b. the same scan far beyond the cache: extra time per stored float per step
+    default = costs.DEFAULTS.get(backend, costs.DEFAULTS["gpu"])
+    if backend == "cpu":
+        cache_bytes = min(_llc_bytes() or default.cache_bytes, MAX_CACHE_BYTES)
+    else:
+        cache_bytes = default.cache_bytes
+    Tb, Db = 1 << 20, 16
+    tb = max(_assoc_scan_time(Tb, Db, backend, max(1, repeats // 3)) - dispatch, 1e-9)
+    spill = max(0.0, 1.0 - cache_bytes / (3.0 * Tb * 2 * Db * 4))
+    E_big = max(tb - L * _levels(Tb), 0.0) / (Tb * 2 * Db)
+    scan_miss_time = max(E_big - E, 0.0) / spill if spill > 0 else 0.0
+    log(f"cache_bytes    {cache_bytes:.3g} B, scan_miss_time {scan_miss_time:.3g} s")
 
     # 6. fixed cost of a non-fusable op (a small matmul) inside a sequential step
     Do, To = 16, 1 << 13
@@ -243,6 +279,7 @@ def calibrate(backend: str | None = None, *, save: bool = True, repeats: int = 7
         level_overhead=float(L), bytes_per_s=float(bytes_per_s), scan_elem_time=float(E),
         op_overhead=float(op_overhead), complex_op_factor=float(complex_op_factor),
         parallel_overhead=float(parallel_overhead), vjp_eqn_time=float(vjp_eqn_time),
+        cache_bytes=float(cache_bytes), scan_miss_time=float(scan_miss_time),
         source=f"calibrated {stamp} on {costs.device_key(backend)}",
     )
     if save:

@@ -14,6 +14,9 @@ constant              meaning (measured by ``autopar.calibrate``)
 ``op_overhead``       fixed seconds of each non-fusable op (dot, reduction, gather) in a scan step
 ``complex_op_factor`` how much dearer such an op is on complex operands (XLA:CPU: ~6×)
 ``parallel_overhead`` fixed seconds of a parallel program beyond its scan (extraction, glue)
+``cache_bytes``       the working set a parallel program can keep in cache (CPU: last-level cache)
+``scan_miss_time``    extra seconds per stored float per step when the scan's working set does
+                      not fit in ``cache_bytes`` (its passes then stream from DRAM)
 ====================  ===========================================================================
 
 Where they come from, first match wins: ``set_constants`` (this process), the
@@ -56,6 +59,7 @@ __all__ = [
     "default_memory_budget",
     "step_flops",
     "step_ops",
+    "tangent_flops",
     "TRANSCENDENTAL_FLOPS",
 ]
 
@@ -74,6 +78,8 @@ class BackendConstants:
     complex_op_factor: float = 1.0  # how much dearer such an op is on complex operands
     parallel_overhead: float = 0.0  # fixed s of a parallel program (extraction, custom_vjp, glue)
     vjp_eqn_time: float = 2.0e-8  # s per equation of the step's VJP in a reverse lax.scan (it does not fuse)
+    cache_bytes: float = 32 * 2**20  # working set of a parallel program that stays in cache
+    scan_miss_time: float = 0.0  # extra s per stored float per step of a scan whose working set exceeds the cache
     source: str = "default"  # "default", "calibrated <date>", "set_constants"
 
     def replace(self, **kw) -> "BackendConstants":
@@ -94,16 +100,23 @@ DEFAULTS = {
     "cpu": BackendConstants(step_overhead=4.4e-9, seq_flops=4.2e10, par_flops=7.2e10, level_overhead=4.3e-6,
                             bytes_per_s=1.5e10, scan_elem_time=1.3e-9, op_overhead=8.5e-8, complex_op_factor=5.0,
                             parallel_overhead=1.0e-5, vjp_eqn_time=2.0e-8,
+                            # cache_bytes / scan_miss_time: from the dense-GRU linear adjoint, whose
+                            # J factors (T·D² floats) cost ~3× more per float at T = 65536 (≈ 200 MiB
+                            # of scan working set) than at T = 4096 (≈ 13 MiB), while the diagonal
+                            # SSM's at T = 65536 (≈ 25 MiB) still ran at the in-cache rate.
+                            cache_bytes=32 * 2**20, scan_miss_time=2.5e-9,
                             source="default (2-core CPU, AMD EPYC)"),
     # Not measured (no GPU available): published orders of magnitude for a data-centre GPU.
     # A sequential step is at least one kernel launch (~5 µs); vectorised work runs at tens of
     # TFLOP/s and ~2 TB/s, so parallel scans win by orders of magnitude at long T.
     "gpu": BackendConstants(step_overhead=5e-6, seq_flops=1.0e10, par_flops=2.0e13, level_overhead=1.5e-5,
                             bytes_per_s=2.0e12, scan_elem_time=1.0e-11, op_overhead=5e-6, complex_op_factor=1.0,
-                            parallel_overhead=5e-5, vjp_eqn_time=1e-6, source="default (published GPU orders)"),
+                            parallel_overhead=5e-5, vjp_eqn_time=1e-6, cache_bytes=40 * 2**20,
+                            scan_miss_time=0.0, source="default (published GPU orders)"),
     "tpu": BackendConstants(step_overhead=5e-6, seq_flops=1.0e10, par_flops=5.0e13, level_overhead=1.5e-5,
                             bytes_per_s=1.0e12, scan_elem_time=2.0e-11, op_overhead=5e-6, complex_op_factor=1.0,
-                            parallel_overhead=5e-5, vjp_eqn_time=1e-6, source="default (published TPU orders)"),
+                            parallel_overhead=5e-5, vjp_eqn_time=1e-6, cache_bytes=32 * 2**20,
+                            scan_miss_time=0.0, source="default (published TPU orders)"),
 }
 
 _OVERRIDES: dict[str, BackendConstants] = {}
@@ -270,11 +283,61 @@ def step_flops(jaxpr) -> float:
     return float(total)
 
 
+def tangent_flops(jaxpr, n_state: int = 1) -> float:
+    """Flops of one tangent (JVP) of ``jaxpr`` w.r.t. its first ``n_state`` inputs (the state).
+
+    Only equations that read the state carry a tangent (JAX's JVP of an op whose inputs are all
+    h-independent is a symbolic zero: ``x @ W`` is not recomputed per tangent), and the tangent
+    of an elementwise op is a multiply-add by its derivative (2 flops per element, also for a
+    transcendental, whose value the primal already computed). A dot whose two operands both
+    carry tangents costs two products. This is what a compressed Jacobian extraction pays per
+    JVP on top of the one primal evaluation.
+    """
+    jp = jaxpr.jaxpr if isinstance(jaxpr, _compat.ClosedJaxpr) else jaxpr
+    return _tangent_flops(jp, set(jp.invars[:n_state]))
+
+
+def _tangent_flops(jp, live) -> float:
+    total = 0.0
+    live = set(live)
+    for eqn in jp.eqns:
+        hot = [i for i, v in enumerate(eqn.invars) if not isinstance(v, _compat.Literal) and v in live]
+        if not hot:
+            continue
+        live.update(eqn.outvars)
+        sub = _compat.call_subjaxpr(eqn)
+        if sub is not None:
+            sj = sub.jaxpr if isinstance(sub, _compat.ClosedJaxpr) else sub
+            if len(sj.invars) == len(eqn.invars):
+                total += _tangent_flops(sj, {sj.invars[i] for i in hot})
+                continue
+        name = eqn.primitive.name
+        out_size = sum(int(np.prod(v.aval.shape, dtype=np.int64)) for v in eqn.outvars if hasattr(v.aval, "shape"))
+        if name == "dot_general":
+            (lc, _), _ = eqn.params["dimension_numbers"]
+            k = int(np.prod([eqn.invars[0].aval.shape[d] for d in lc], dtype=np.int64))
+            total += 2.0 * out_size * max(k, 1) * len(hot)
+        elif name in ("scan", "while"):
+            total += 2.0 * _scan_flops(eqn)
+        else:
+            total += 2.0 * out_size
+    return float(total)
+
+
+def _scan_flops(eqn) -> float:
+    return sum(step_flops(j) * int(eqn.params.get("length", 1) or 1) for j in _compat.jaxprs_in_params(eqn.params))
+
+
 #: Smaller ops are fused or inlined by XLA (a 4×4 matvec, a sum of 16 numbers) and cost
 #: no more than elementwise work: measured on XLA:CPU, a reduction of 16 floats in a scan
 #: step adds ~10 ns, of 64 floats ~130 ns; a 16×16 matvec ~90 ns, a 4×4 one nothing visible.
+#: A dot_general is never fused into a loop fusion on XLA:CPU (the compiled loop body keeps
+#: every matvec as its own ``dot``); from 64 flops up — a 6×6 or 8×4 matvec — it costs a
+#: launch like a big one: a DeltaNet step with three 6×6 dots costs ~8× one with 4×4 dots
+#: (measured side by side, 2-core Xeon, JAX 0.10.2), and the demo's Mamba step (two 8×16 and
+#: one 8×4 dot) ran 1.7× slower than the linear scan the model had priced above it.
 KERNEL_MIN_ELEMS = 64
-KERNEL_MIN_FLOPS = 256
+KERNEL_MIN_FLOPS = 64
 
 
 def _is_kernel(eqn) -> bool:

@@ -145,6 +145,8 @@ class Report:
     plan: Any
     layout: Any
     length: int
+    #: ``explain(..., measure=True)``: solver -> measured seconds (or why it was not run), else None.
+    measured: Any = None
 
     @property
     def structure(self):
@@ -255,8 +257,11 @@ class Report:
             lines.append(f"sharding: {shards.describe()}")
         lines.append(f"candidates on {self.plan.backend}:")
         w = max([6] + [len(c.solver) for c in self.candidates])
-        lines.append(f"  {'solver':<{w}} {'applies':<7} {'pred. time':>10} {'pred. memory':>12} {'iters':>5} "
-                     f"{'depth':>6} {'work':>7}  reason")
+        meas = self.measured or {}
+        mcol = bool(meas)
+        lines.append(f"  {'solver':<{w}} {'applies':<7} {'pred. time':>10} "
+                     + (f"{'measured':>10} {'meas/pred':>9} " if mcol else "")
+                     + f"{'pred. memory':>12} {'iters':>5} {'depth':>6} {'work':>7}  reason")
         for c in self.candidates:
             mark = "*" if c.chosen else " "
             iters = "—" if math.isnan(c.iterations) else f"{c.iterations:g}"
@@ -265,9 +270,17 @@ class Report:
             depth = "—" if math.isnan(depth) else f"{depth:.0f}"
             work = "—" if math.isnan(work) else f"{work:.2g}"
             applies = "yes" if c.applies else "no"
+            mtxt = ""
+            if mcol:
+                m = meas.get(c.solver)
+                if isinstance(m, float):
+                    mtxt = f"{_fmt_time(m):>10} {m / c.time:>9.2f} "
+                else:
+                    mtxt = f"{'—':>10} {'':>9} "
             lines.append(
-                f"{mark} {c.solver:<{w}} {applies:<7} {_fmt_time(c.time):>10} {_fmt_bytes(c.memory):>12} {iters:>5} "
-                f"{depth:>6} {work:>7}  {_candidate_reason(c)}"
+                f"{mark} {c.solver:<{w}} {applies:<7} {_fmt_time(c.time):>10} {mtxt}{_fmt_bytes(c.memory):>12} "
+                f"{iters:>5} {depth:>6} {work:>7}  {_candidate_reason(c)}"
+                + (f"; {meas[c.solver]}" if isinstance(meas.get(c.solver), str) else "")
             )
         budget = getattr(self.plan, "memory_budget", None)
         K = getattr(self.plan, "constants", None)
@@ -278,7 +291,24 @@ class Report:
             foot.append(f"constants: {K.source}")
         if foot:
             lines.append("  (" + "; ".join(foot) + ")")
+        lines += self._measured_summary(K)
         return "\n".join(lines)
+
+    def _measured_summary(self, K) -> list[str]:
+        """After ``measure=True``: the fastest measured candidate against the choice."""
+        timed = {k: v for k, v in (self.measured or {}).items() if isinstance(v, float)}
+        if not timed:
+            return []
+        fastest = min(timed, key=timed.get)
+        chosen = self.plan.solver
+        out = [f"  measured (min of interleaved runs, compile excluded): fastest {fastest} {_fmt_time(timed[fastest])}"]
+        if chosen in timed and fastest != chosen:
+            out[-1] += f"; the choice {chosen} took {timed[chosen] / timed[fastest]:.2f}× that"
+            if K is not None and str(K.source).startswith("default"):
+                out.append("  the constants are built-in defaults: autopar.calibrate() measures this machine's")
+        elif chosen in timed:
+            out[-1] += " (the choice)"
+        return out
 
     def _repr_html_(self) -> str:
         """Notebook view: the text report, and the full sparsity pattern drawn as an image."""

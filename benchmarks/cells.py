@@ -127,6 +127,72 @@ def deltanet(D, seed=0):
     return cell, jnp.zeros((d, d), jnp.float32), lambda T: _xs(_rng(seed + 1), T, d), None
 
 
+def mamba_ssm(D, seed=0):
+    """The README demo's Mamba-style selective SSM: state (16, 4), h ← exp(Δ·A) ⊙ h + Δ·B(x)·u(x).
+
+    A multi-axis diagonal state with input-dependent decay; ``D`` is ignored (the demo's sizes)."""
+    d, n, din = 16, 4, 8
+    rng = _rng(seed)
+    A = -jnp.exp(jnp.asarray(rng.standard_normal((d, n)), jnp.float32))
+    Wd = jnp.asarray(rng.standard_normal((din, d)) / np.sqrt(din), jnp.float32)
+    Wb = jnp.asarray(rng.standard_normal((din, n)) / np.sqrt(din), jnp.float32)
+    Wx = jnp.asarray(rng.standard_normal((din, d)) / np.sqrt(din), jnp.float32)
+
+    def cell(h, x):
+        delta = jax.nn.softplus(x @ Wd)[:, None]
+        return jnp.exp(delta * A) * h + delta * (x @ Wb)[None, :] * (x @ Wx)[:, None]
+
+    return cell, jnp.zeros((d, n), jnp.float32), lambda T: _xs(_rng(seed + 1), T, din), None
+
+
+def multi_axis(D, seed=0):
+    """A diagonal linear decay on a (2, 8, 4) state (three axes), input broadcast along two of them."""
+    rng = _rng(seed)
+    a = jnp.asarray(rng.uniform(0.8, 0.999, (2, 8, 4)), jnp.float32)
+    W = jnp.asarray(rng.standard_normal((8, 8)) / np.sqrt(8), jnp.float32)
+
+    def cell(h, x):
+        return a * h + (x @ W)[None, :, None]
+
+    return cell, jnp.zeros((2, 8, 4), jnp.float32), lambda T: _xs(_rng(seed + 1), T, 8), None
+
+
+def cheap_ops(D, seed=0):
+    """Many cheap ops: a diagonal nonlinear cell with a chain of ~30 elementwise ops per step."""
+    rng = _rng(seed)
+    u = jnp.asarray(rng.uniform(0.3, 0.9, (4, D)), jnp.float32)
+
+    def cell(h, x):
+        y = h
+        for k in range(4):
+            y = u[k] * jnp.tanh(y + x) + 0.1 * jnp.sin(y) - 0.05 * y * y + 0.01 * jnp.cos(x * y)
+        return 0.5 * h + 0.5 * y
+
+    return cell, jnp.zeros(D, jnp.float32), lambda T: _xs(_rng(seed + 1), T, D), None
+
+
+def few_expensive(D, seed=0):
+    """Few expensive ops: h ← tanh(W h + U x) with a dense 64 × 64 W (D is ignored)."""
+    n = 64
+    rng = _rng(seed)
+    W = jnp.asarray(rng.standard_normal((n, n)) * 0.5 / np.sqrt(n), jnp.float32)
+    U = jnp.asarray(rng.standard_normal((n, n)) / np.sqrt(n), jnp.float32)
+
+    def cell(h, x):
+        return jnp.tanh(h @ W + x @ U)
+
+    return cell, jnp.zeros(n, jnp.float32), lambda T: _xs(_rng(seed + 1), T, n), None
+
+
+def _sized(make, size):
+    """``make`` at a fixed size whatever ``--D`` says (the stress cells: small and large D)."""
+    def fixed(D, seed=0):
+        return make(size, seed)
+
+    fixed.__doc__ = f"{make.__doc__.splitlines()[0]} (fixed D = {size})"
+    return fixed
+
+
 CELLS = {
     "diag-ssm": diag_ssm,
     "lru": lru,
@@ -134,6 +200,18 @@ CELLS = {
     "dense-gru": dense_gru,
     "lstm": lstm,
     "deltanet": deltanet,
+    # stress cells (issue 14): small and large D, matrix states of several sizes, multi-axis
+    # states, many cheap ops vs few expensive ones. Their sizes are fixed.
+    "diag-ssm-2": _sized(diag_ssm, 2),
+    "diag-ssm-256": _sized(diag_ssm, 256),
+    "dense-gru-4": _sized(dense_gru, 4),
+    "dense-gru-64": _sized(dense_gru, 64),
+    "deltanet-8": _sized(deltanet, 64),  # d_k = d_v = 8, the issue's small DeltaNet
+    "deltanet-16": _sized(deltanet, 256),  # 16 × 16 matrix state
+    "mamba-ssm": mamba_ssm,
+    "multi-axis": multi_axis,
+    "cheap-ops": cheap_ops,
+    "few-expensive": few_expensive,
 }
 
 

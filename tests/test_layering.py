@@ -29,7 +29,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("config", ("autopar.config",)),
     ("plan", ("autopar.plan",)),
     ("emit", ("autopar.emit", "autopar.shard")),
-    ("explain", ("autopar.report",)),
+    ("explain", ("autopar.report", "autopar.measure")),
     ("api", ("autopar.api",)),
     ("package", ("autopar", "autopar.calibrate")),
 )

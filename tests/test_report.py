@@ -113,3 +113,48 @@ def test_notebook_view_draws_the_full_pattern():
     html = rep._repr_html_()
     assert html.startswith("<pre>autopar report") and html.count("<rect") == int(rep.sparsity.sum())
     assert len(rep.pattern().splitlines()) == 40 and len(rep.pattern(max_rows=10).splitlines()) == 10
+
+
+def test_explain_measure_shows_measured_next_to_predicted(monkeypatch):
+    """explain(measure=True) runs each applicable candidate (the program solver=<name> runs) and
+    the table gains a measured column; the plan itself is the same as without measuring."""
+    from autopar import measure
+
+    a = jnp.linspace(0.5, 0.9, 4)
+    f = autopar.parallelize(lambda h, x: a * h + x, name="decay")
+    h0, xs = jnp.zeros(4), jnp.ones((16, 4))
+    plain = f.explain(h0, xs)
+    pred = {c.solver: c.time for c in plain.candidates if c.applies}
+    ratio = 1.01 * max(pred["linear"], pred["sequential"]) / pred[plain.solver]
+    monkeypatch.setattr(measure, "SKIP_ABOVE", 0.0)  # keep the test fast: time sequential and linear only
+    monkeypatch.setattr(measure, "MAX_PREDICTED_RATIO", ratio)
+    assert plain.measured is None and "measured" not in str(plain)
+    r = f.explain(h0, xs, measure=2)
+    assert r.solver == plain.solver
+    timed = {k: v for k, v in r.measured.items() if isinstance(v, float)}
+    assert r.solver in timed and "linear" in timed  # every cheap candidate is timed
+    assert all(v > 0 for v in timed.values())
+    chosen = next(c for c in r.candidates if c.chosen)
+    for c in r.candidates:  # the rest are skipped, and say why
+        if c.applies and c.solver not in timed:
+            assert c.time > ratio * chosen.time and "not run" in r.measured[c.solver]
+    assert set(r.measured) <= {c.solver for c in r.candidates if c.applies}
+    text = str(r)
+    assert "measured" in text and "meas/pred" in text and "fastest" in text
+    for row in text.splitlines():
+        if row.lstrip("* ").startswith("linear "):
+            assert "µs" in row or "ms" in row
+
+
+def test_explain_measure_refuses_tracers_and_bad_repeats():
+    f = autopar.parallelize(lambda h, x: 0.5 * h + x)
+    h0, xs = jnp.zeros(2), jnp.ones((8, 2))
+    with pytest.raises(ValueError, match="repeats"):
+        f.explain(h0, xs, measure=0)
+
+    @jax.jit
+    def inside(xs):
+        return f.explain(h0, xs, measure=True)
+
+    with pytest.raises(RuntimeError, match="eagerly"):
+        inside(xs)

@@ -108,7 +108,8 @@ class Linear(Solver):
         """One extraction and one scan in the proven structure; depth levels(T)."""
         T, D, isz, cplx, xb, _ = pricing.sizes(rec)
         st = facts["structure"]
-        t_ex, w_ex = pricing.extraction(T, D, pricing.flops(facts, cplx), st, isz, xb, K)
+        t_ex, w_ex = pricing.extraction(T, D, pricing.flops(facts, cplx), st, isz, xb, K,
+                                        pricing.tangent(facts, rec, cplx))
         t_sc, w_sc = pricing.scan(T, D, st, isz, cplx, K)
         mem = 3.0 * T * (st.floats() + D) * isz
         return pricing.Prediction(K.parallel_overhead + t_ex + t_sc, mem, 1.0, w_ex + w_sc, float(pricing.levels(T)))

@@ -8,9 +8,11 @@ streamed at ``K.bytes_per_s``:
   where n_ops counts the step's non-fusable ops (dots, reductions, gathers; complex ones weigh
   ``K.complex_op_factor``) — ``seq_step_ops``;
 * ``extraction``: the step linearised and vmapped over T, one primal and ``n_jvps`` tangents,
-  ``T·f·(1 + n_jvps) / K.par_flops`` plus its traffic;
-* ``scan``: the associative scan, ``levels(T)·K.level_overhead + T·(s + D)·K.scan_elem_time
-  + 2T·(c + m) / K.par_flops`` with ``levels(T) = 2⌈log₂T⌉``;
+  ``T·(f + n_jvps·f') / K.par_flops`` plus its traffic, f' the flops of one tangent
+  (``costs.tangent_flops``: only the h-dependent part of the step carries one);
+* ``scan``: the associative scan, ``levels(T)·K.level_overhead + T·(s + D)·(K.scan_elem_time
+  + φ·K.scan_miss_time) + 2T·(c + m) / K.par_flops`` with ``levels(T) = 2⌈log₂T⌉`` and φ the
+  fraction of its working set (≈ 3·T·(s + D) floats) beyond ``K.cache_bytes``;
 * ``residual``: one vmapped evaluation of the step, ``T·f / K.par_flops`` plus its traffic;
 * ``newton``: the Newton family, ``iters × (extraction + scans·scan + residual)``; a quasi
   variant reads and scans diag(J) only.
@@ -30,7 +32,7 @@ import numpy as np
 from autopar import costs
 from autopar.structure import Diagonal
 
-__all__ = ["Prediction", "levels", "sizes", "flops", "seq_step_ops", "extraction", "scan", "residual",
+__all__ = ["Prediction", "levels", "sizes", "flops", "tangent", "seq_step_ops", "extraction", "scan", "residual",
            "newton_iterations", "newton"]
 
 
@@ -63,6 +65,14 @@ def flops(facts: Any, cplx: float) -> float:
     return float(facts.get("step_flops", 1.0)) * cplx
 
 
+def tangent(facts: Any, rec: Any, cplx: float) -> float:
+    """Real flops of one tangent of the step (``facts["tangent_flops"]``, else counted off the jaxpr)."""
+    tfl = facts.get("tangent_flops")
+    if tfl is None:
+        tfl = costs.tangent_flops(rec.step_jaxpr) if rec is not None else facts.get("step_flops", 1.0)
+    return float(tfl) * cplx
+
+
 def seq_step_ops(facts: Any, rec: Any, K) -> float:
     """Seconds of fixed per-op cost in one sequential step (``facts["step_ops"]`` when the
     analysis provides it, else counted off the step's jaxpr)."""
@@ -76,9 +86,10 @@ def levels(T: int) -> int:
     return 2 * math.ceil(math.log2(T)) if T > 1 else 1
 
 
-def extraction(T, D, fl, st, isz, xb, K):
-    """Linearise the step at T points (vmapped): one primal + n_jvps tangents. (seconds, flops)"""
-    work = T * fl * (1 + st.n_jvps)
+def extraction(T, D, fl, st, isz, xb, K, tfl=None):
+    """Linearise the step at T points (vmapped): one primal (``fl`` flops) + n_jvps tangents
+    (``tfl`` flops each; default ``fl``). (seconds, flops)"""
+    work = T * (fl + st.n_jvps * (fl if tfl is None else tfl))
     traffic = T * (xb + (D + st.floats()) * isz)
     return work / K.par_flops + traffic / K.bytes_per_s, work
 
@@ -88,7 +99,14 @@ def scan(T, D, st, isz, cplx, K):
     work = 2.0 * T * (st.compose_flops() + st.matvec_flops() + D) * cplx
     elems = st.floats() + D + st.scan_elements()
     t = levels(T) * K.level_overhead + T * elems * K.scan_elem_time * (isz / 4) + work / K.par_flops
+    t += T * elems * spill(3.0 * T * elems * isz, K) * getattr(K, "scan_miss_time", 0.0) * (isz / 4)
     return t, work
+
+
+def spill(working_set: float, K) -> float:
+    """Fraction of a working set (bytes) beyond the cache ``K.cache_bytes`` (0 when it fits)."""
+    cache = getattr(K, "cache_bytes", math.inf)
+    return max(0.0, 1.0 - cache / working_set) if working_set > 0 else 0.0
 
 
 def residual(T, D, fl, isz, xb, K):
@@ -122,7 +140,7 @@ def newton(facts, rec, K, iters: float, *, quasi: bool, scans: float = 1.0, copi
     st = facts["structure"]
     fl = flops(facts, cplx)
     scan_st = Diagonal(D) if quasi else st
-    t_ex, w_ex = extraction(T, D, fl, scan_st, isz, xb, K)
+    t_ex, w_ex = extraction(T, D, fl, scan_st, isz, xb, K, tangent(facts, rec, cplx))
     t_sc, w_sc = scan(T, D, scan_st, isz, cplx, K)
     per_iter = t_ex + scans * t_sc + residual(T, D, fl, isz, xb, K)
     mem = 3.0 * T * (scan_st.floats() + D) * isz * copies + 2.0 * T * D * isz

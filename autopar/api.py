@@ -54,6 +54,22 @@ FORWARD_MODE_MESSAGE = (
 )
 
 
+SHARDED_FORWARD_MODE_MESSAGE = (
+    "forward-mode autodiff (jax.jvp, jax.jacfwd, jax.hessian, jax.linearize) is not supported through a "
+    "time-sharded solve (mesh= / axis_name=, or xs sharded along time) yet: its derivative is the sharded "
+    "implicit adjoint, a jax.custom_vjp, which JAX cannot push tangents through. Reverse mode works "
+    "(jax.grad / jax.vjp / jax.jacrev). For forward mode, run the unsharded solve: drop mesh= / axis_name= "
+    "and pass xs on one device (e.g. jax.device_put(xs, jax.devices()[0]))."
+)
+
+
+def _forward_mode_error(e: TypeError, sharded: bool) -> AutoparError | None:
+    """autopar's reading of JAX's "can't apply forward-mode autodiff (jvp) to a custom_vjp function"."""
+    if "forward-mode autodiff" in str(e) and "custom_vjp" in str(e):
+        return AutoparError(SHARDED_FORWARD_MODE_MESSAGE if sharded else FORWARD_MODE_MESSAGE)
+    return None
+
+
 def _check_solver(solver: Any) -> None:
     if solver is None:  # the default: autopar.config.solver(), resolved (and validated) per call
         return
@@ -322,8 +338,14 @@ class Parallelized:
                 if init is not None:
                     raise ValueError("`init` (a warm start) is not supported with time-sharded inputs yet; "
                                      "drop init= or pass unsharded xs.")
-                return shard.on_mesh(self, found[0], found[1], h0, xs, length=length, reverse=reverse,
-                                     return_info=return_info)
+                try:
+                    return shard.on_mesh(self, found[0], found[1], h0, xs, length=length, reverse=reverse,
+                                         return_info=return_info)
+                except TypeError as e:
+                    err = _forward_mode_error(e, sharded=True)
+                    if err is None:
+                        raise
+                    raise err from e
         if init is not None:
             _check_init_structure(init, h0, trace.xs_length(xs, length))
         sig, key, consts = self._lookup(h0, xs, length)
@@ -343,9 +365,10 @@ class Parallelized:
                     res = self._residual_jitted(consts, h0, xs, hs, key=key, reverse=bool(reverse))
                 info = info.with_residual(res)
         except TypeError as e:
-            if "forward-mode autodiff" in str(e) and "custom_vjp" in str(e):
-                raise AutoparError(FORWARD_MODE_MESSAGE) from e
-            raise
+            err = _forward_mode_error(e, sharded=axis is not None and not self._programs[key][0].has_custom_vjp)
+            if err is None:
+                raise
+            raise err from e
         return (hs, info) if return_info else hs
 
     def _lazy_chain(self, key, consts, h0, xs, init) -> bool:
@@ -1020,9 +1043,10 @@ class _ScanTrace:
                 return self._solve_then_post(fn, args, init, xs, **kw)
             return self.jitted(args, init, xs, **kw)
         except TypeError as e:
-            if "forward-mode autodiff" in str(e) and "custom_vjp" in str(e):
-                raise AutoparError(FORWARD_MODE_MESSAGE) from e
-            raise
+            err = _forward_mode_error(e, sharded=self.sharded or shard.time_axis_of(xs) is not None)
+            if err is None:
+                raise
+            raise err from e
 
     def _solve_then_post(self, fn, args, init, xs, *, length, reverse, unroll, return_info):
         init = self.promote_init(init)

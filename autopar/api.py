@@ -600,6 +600,11 @@ def parallelize(cell: Callable | None = None, *, solver: str | None = None, tol:
         ``logging.getLogger("autopar").setLevel("INFO")`` to see what is built and how long it
         took.
 
+    A cell with side effects (``jax.debug.print`` / ``jax.debug.callback``, ``io_callback``) runs
+    as ``lax.scan``, once per step and in order, differentiated by JAX (``backward="autodiff"``);
+    ``explain()`` says so. A parallel ``solver=`` or an implicit ``backward=`` passed for it raises
+    ``ValueError`` at the first call: they would evaluate the cell many times.
+
     Raises:
         TypeError / ValueError: for an unknown option or solver, or invalid values — here, before
             anything is traced. A cell that cannot be called as ``cell(h, x)`` or returns a state of
@@ -747,10 +752,9 @@ def _lax_scan_error(f, init, xs, length, reverse, unroll):
 def _scan(f, init, xs, length, reverse, unroll, solver, return_info, options):
     validate_leaves(init, "init")
     validate_leaves(xs, "xs")
-    trace.xs_length(xs, length)
+    T = trace.xs_length(xs, length)
     unroll = _compat.concrete_or_error(
         None, unroll, "The `unroll` argument to `scan` expects a concrete `int` or `bool` value.")
-    T = trace.xs_length(xs, length)
     if isinstance(unroll, bool):
         unroll = max(T, 1) if unroll else 1
     if not isinstance(unroll, (int, np.integer)) or unroll < 0:

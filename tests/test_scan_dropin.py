@@ -274,3 +274,39 @@ def test_steady_state_eager_call_is_one_dispatch(traces, monkeypatch):
         got = autopar.scan(body(), jnp.zeros(D), xs)
     assert traces[0] == 1 and tr.jitted._cache_size() == 1
     _close(got, jax.lax.scan(body(), jnp.zeros(D), xs))
+
+
+def test_sequential_one_pass_composes_hessian_and_vmap_grad():
+    xs = _xs()
+
+    def loss(scan, a, xs):
+        carry, ys = scan(lambda c, x: (jnp.tanh(a * c + x), jnp.sin(c) * x), jnp.zeros(D), xs)
+        return jnp.sum(carry ** 2) + jnp.sum(ys)
+
+    a = jnp.linspace(0.2, 0.6, D)
+    ap = functools.partial(autopar.scan, solver="sequential")
+    _close(jax.hessian(loss, argnums=1)(ap, a, xs), jax.hessian(loss, argnums=1)(jax.lax.scan, a, xs),
+           rtol=1e-4, atol=1e-5)
+    batch = jnp.stack([xs, -xs])
+    _close(jax.vmap(jax.grad(loss, argnums=1), in_axes=(None, None, 0))(ap, a, batch),
+           jax.vmap(jax.grad(loss, argnums=1), in_axes=(None, None, 0))(jax.lax.scan, a, batch), rtol=1e-4, atol=1e-5)
+
+
+def test_effect_only_in_y_or_nested_is_detected():
+    calls = []
+
+    @jax.jit
+    def inner(x):
+        jax.debug.callback(lambda t: calls.append(float(t)), x)
+        return x
+
+    def body(c, x):
+        y = jax.lax.cond(x > 0, inner, lambda u: u, x)
+        return 0.5 * c + x, y
+
+    xs = jnp.arange(1.0, 6.0)
+    rep = autopar.explain(body, 0.0, xs)
+    assert "side effects (debug_callback)" in rep.plan.reason
+    got = autopar.scan(body, 0.0, xs)
+    assert calls == [1.0, 2.0, 3.0, 4.0, 5.0]
+    _close(got, jax.lax.scan(body, 0.0, xs))

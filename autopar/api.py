@@ -701,10 +701,10 @@ def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None, reve
     Like ``lax.scan`` the work is cached: a call with the same body and input signature
     (shapes, dtypes, pytree structure, ``length``, ``reverse``, options) runs one compiled
     program. The body is recognised by its code and what it captures — closure cells,
-    defaults and the globals it reads, arrays by identity (never by value), dicts / lists /
-    tuples by their current contents, functions recursively — so a lambda re-created per call
-    over the same objects reuses it; a body that captures anything else (an object with
-    attributes) is recognised by the function object itself, as ``lax.scan`` does. The cache is bounded and holds captured arrays weakly.
+    defaults and the globals it reads, arrays by identity (never by value), functions
+    recursively — so a lambda re-created per call over the same objects reuses it; a body that
+    captures anything else (a dict, a list, a mutable object) is recognised by the function
+    object itself, as ``lax.scan`` does. The cache is bounded and holds captured arrays weakly.
     A weakly typed ``init`` (a Python scalar) is promoted to the body's carry dtype, as
     ``lax.scan`` does.
 
@@ -789,9 +789,6 @@ def _value_key(v, refs: list, seen: set):
         return ("id", id(v), v)
     if isinstance(v, tuple):
         return ("tuple", tuple(_value_key(e, refs, seen) for e in v))
-    if type(v) in (dict, list):  # keyed by their contents *now*: a mutated container is a new key
-        items = v.items() if isinstance(v, dict) else enumerate(v)
-        return (type(v).__name__, tuple((k, _value_key(e, refs, seen)) for k, e in items))
     if isinstance(v, functools.partial):
         return ("partial", _value_key(v.func, refs, seen), _value_key(v.args, refs, seen),
                 tuple(sorted((k, _value_key(a, refs, seen)) for k, a in v.keywords.items())))

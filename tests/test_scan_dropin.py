@@ -310,3 +310,17 @@ def test_effect_only_in_y_or_nested_is_detected():
     got = autopar.scan(body, 0.0, xs)
     assert calls == [1.0, 2.0, 3.0, 4.0, 5.0]
     _close(got, jax.lax.scan(body, 0.0, xs))
+
+
+def test_bodies_over_different_lists_are_not_confused():
+    """A captured container is identity, not value: two re-created bodies over two (equal, empty)
+    lists that a callback appends to must each fill their own."""
+    xs = _xs()
+    firsts, seconds = [], []
+    for sink in (firsts, seconds):
+        def body(c, x, sink=sink):
+            jax.debug.callback(lambda t: sink.append(float(t)), x[0])
+            return 0.5 * c + x, c
+
+        autopar.scan(body, jnp.zeros(D), xs)
+    assert len(firsts) == T and len(seconds) == T

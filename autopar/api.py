@@ -15,6 +15,8 @@ import functools
 import inspect
 import logging
 import time
+import types
+import weakref
 from typing import Any, Callable
 
 import jax
@@ -50,6 +52,22 @@ FORWARD_MODE_MESSAGE = (
     "jax.grad / jax.vjp / jax.jacrev (second derivatives: jax.jacrev(jax.jacrev(f))), or give the cell a "
     "jax.custom_jvp instead."
 )
+
+
+SHARDED_FORWARD_MODE_MESSAGE = (
+    "forward-mode autodiff (jax.jvp, jax.jacfwd, jax.hessian, jax.linearize) is not supported through a "
+    "time-sharded solve (mesh= / axis_name=, or xs sharded along time) yet: its derivative is the sharded "
+    "implicit adjoint, a jax.custom_vjp, which JAX cannot push tangents through. Reverse mode works "
+    "(jax.grad / jax.vjp / jax.jacrev). For forward mode, run the unsharded solve: drop mesh= / axis_name= "
+    "and pass xs on one device (e.g. jax.device_put(xs, jax.devices()[0]))."
+)
+
+
+def _forward_mode_error(e: TypeError, sharded: bool) -> AutoparError | None:
+    """autopar's reading of JAX's "can't apply forward-mode autodiff (jvp) to a custom_vjp function"."""
+    if "forward-mode autodiff" in str(e) and "custom_vjp" in str(e):
+        return AutoparError(SHARDED_FORWARD_MODE_MESSAGE if sharded else FORWARD_MODE_MESSAGE)
+    return None
 
 
 def _check_solver(solver: Any) -> None:
@@ -167,7 +185,11 @@ class Parallelized:
 
                 check_facts(rec, facts)
             try:
-                p = plan_mod.make_plan(rec, facts, solver, options=options)
+                effects = side_effects(rec.step_jaxpr)
+                if effects:  # run once per step, in order: lax.scan, differentiated by JAX
+                    p = self._effects_plan(rec, facts, solver, options, effects)
+                else:
+                    p = plan_mod.make_plan(rec, facts, solver, options=options)
             except ValueError as e:
                 from_config = {k: v for k, v, explicit in (("solver", solver, self.solver is not None),
                                ("backward", options["backward"], "backward" in self.options)) if not explicit and v != "auto"}
@@ -181,6 +203,30 @@ class Parallelized:
                         facts["structure"].describe(), p.solver, p.backward, t_trace, time.perf_counter() - t1)
         facts, p = self._analysis[key]
         return rec, facts, p
+
+    def _effects_plan(self, rec, facts, solver, options, effects):
+        """The plan of a cell with side effects: the sequential solver (lax.scan: the cell runs once
+        per step, in order) and ``backward="autodiff"`` (JAX differentiates that one pass, as
+        lax.scan's gradient: an implicit adjoint would evaluate the cell again). A parallel solver or
+        an implicit backward passed explicitly is refused; one from ``autopar.config`` gives way."""
+        what = ", ".join(effects)
+        if self.solver is not None and solver not in ("auto", "sequential"):
+            raise ValueError(
+                f"solver={solver!r} cannot run {self.name!r}: the cell has side effects ({what}), and a parallel "
+                "solver evaluates the cell many times per step (Newton iterations, the Jacobian, the adjoint), so "
+                "they would run more than once and out of order. Use solver='auto' or 'sequential' (the cell then "
+                "runs once per step, in order, as in lax.scan), or move the effect out of the cell.")
+        backward = options.get("backward", "auto")
+        if "backward" in self.options and backward not in ("auto", "autodiff"):
+            raise ValueError(
+                f"backward={backward!r} cannot be used for {self.name!r}: the cell has side effects ({what}), and "
+                "the implicit adjoint evaluates the cell again after the forward pass. Use backward='auto' (or "
+                "'autodiff'): JAX then differentiates the single lax.scan pass, as lax.scan's gradient does.")
+        p = plan_mod.make_plan(rec, facts, "sequential", options=dict(options, backward="autodiff"))
+        return dataclasses.replace(
+            p, forced=solver == "sequential",
+            reason=f"the cell has side effects ({what}): run once per step, in order, as lax.scan",
+            backward_reason="side effects: JAX differentiates the one lax.scan pass, as lax.scan's gradient")
 
     def _lookup(self, h0, xs, length):
         """(call signature, program key, consts) for these arguments, tracing the cell only when
@@ -292,8 +338,14 @@ class Parallelized:
                 if init is not None:
                     raise ValueError("`init` (a warm start) is not supported with time-sharded inputs yet; "
                                      "drop init= or pass unsharded xs.")
-                return shard.on_mesh(self, found[0], found[1], h0, xs, length=length, reverse=reverse,
-                                     return_info=return_info)
+                try:
+                    return shard.on_mesh(self, found[0], found[1], h0, xs, length=length, reverse=reverse,
+                                         return_info=return_info)
+                except TypeError as e:
+                    err = _forward_mode_error(e, sharded=True)
+                    if err is None:
+                        raise
+                    raise err from e
         if init is not None:
             _check_init_structure(init, h0, trace.xs_length(xs, length))
         sig, key, consts = self._lookup(h0, xs, length)
@@ -307,12 +359,16 @@ class Parallelized:
                 self._log_compile(sig, consts, h0, xs, init, kw)
                 hs, info = self._jitted(consts, h0, xs, init, **kw)
             if return_info:
-                res = self._residual_jitted(consts, h0, xs, hs, key=key, reverse=bool(reverse))
+                if side_effects(self._programs[key][0].step_jaxpr):  # exact (lax.scan); never re-run effects
+                    res = jnp.zeros((), jnp.float32)
+                else:
+                    res = self._residual_jitted(consts, h0, xs, hs, key=key, reverse=bool(reverse))
                 info = info.with_residual(res)
         except TypeError as e:
-            if "forward-mode autodiff" in str(e) and "custom_vjp" in str(e):
-                raise AutoparError(FORWARD_MODE_MESSAGE) from e
-            raise
+            err = _forward_mode_error(e, sharded=axis is not None and not self._programs[key][0].has_custom_vjp)
+            if err is None:
+                raise
+            raise err from e
         return (hs, info) if return_info else hs
 
     def _lazy_chain(self, key, consts, h0, xs, init) -> bool:
@@ -563,6 +619,11 @@ def parallelize(cell: Callable | None = None, *, solver: str | None = None, tol:
         ``logging.getLogger("autopar").setLevel("INFO")`` to see what is built and how long it
         took.
 
+    A cell with side effects (``jax.debug.print`` / ``jax.debug.callback``, ``io_callback``) runs
+    as ``lax.scan``, once per step and in order, differentiated by JAX (``backward="autodiff"``);
+    ``explain()`` says so. A parallel ``solver=`` or an implicit ``backward=`` passed for it raises
+    ``ValueError`` at the first call: they would evaluate the cell many times.
+
     Raises:
         TypeError / ValueError: for an unknown option or solver, or invalid values — here, before
             anything is traced. A cell that cannot be called as ``cell(h, x)`` or returns a state of
@@ -595,6 +656,35 @@ def _without_consts(rec):
     return dataclasses.replace(rec, step_jaxpr=strip(rec.step_jaxpr), cell_jaxpr=strip(rec.cell_jaxpr))
 
 
+def side_effects(jaxpr) -> list[str]:
+    """The side effects of a traced cell or body, as names of the primitives that have them
+    (``debug_callback`` for ``jax.debug.print`` / ``jax.debug.callback``, ``io_callback``, …),
+    nested calls and loops included; empty when it has none. Named-axis effects (collectives
+    inside ``shard_map``) are not side effects."""
+    jp = getattr(jaxpr, "jaxpr", jaxpr)
+    if not any(_is_side_effect(e) for e in jp.effects):
+        return []
+    names: list[str] = []
+
+    def walk(j):
+        for eqn in j.eqns:
+            if not any(_is_side_effect(e) for e in eqn.effects):
+                continue
+            subs = list(_compat.jaxprs_in_params(eqn.params))
+            if subs:
+                for sub in subs:
+                    walk(getattr(sub, "jaxpr", sub))
+            elif eqn.primitive.name not in names:
+                names.append(eqn.primitive.name)
+
+    walk(jp)
+    return names or sorted({type(e).__name__ for e in jp.effects if _is_side_effect(e)})
+
+
+def _is_side_effect(effect) -> bool:
+    return type(effect).__name__ != "NamedAxisEffect"
+
+
 def _state_cell(f):
     def cell(carry, x):
         out = f(carry, x)
@@ -613,9 +703,27 @@ def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None, reve
          unroll: int | bool = 1, *, solver: str | None = None, return_info: bool = False, **options: Any):
     """Drop-in for ``jax.lax.scan``: ``f(carry, x) -> (carry, y)``; returns ``(carry, ys)``.
 
-    The carry recurrence is solved by autopar (as `parallelize` would, with the same
-    options); then every ``y`` comes from one vmapped pass of ``f`` over (previous carry, x).
-    Calling it again with the same ``f`` object reuses the analysis and compiled program.
+    ``f`` is traced once per input signature and the carry recurrence is planned as
+    `parallelize` would (same options). Then:
+
+    * **sequential plan** (the planner's usual choice on a CPU): the whole body runs as one
+      ``lax.scan`` pass, carry and ``y`` together, each step once. Its derivatives (``jax.grad``,
+      ``jax.jvp``, …) are the planned implicit adjoint (``backward``); with
+      ``backward="autodiff"`` it *is* ``lax.scan``, differentiated by JAX.
+    * **parallel plan**: the carry trajectory is solved in parallel, then every ``y`` comes
+      from one vmapped pass of ``f`` over (previous carry, x).
+    * **side effects** (``jax.debug.print`` / ``jax.debug.callback``, ``io_callback``): the body
+      runs as ``lax.scan``, once per step and in order, and JAX differentiates that pass, exactly
+      as lax.scan (``explain()`` says so). A parallel ``solver=`` or an implicit ``backward=``
+      is refused for such a body (``ValueError``): it would run the effects many times.
+
+    Like ``lax.scan`` the work is cached: a call with the same body and input signature
+    (shapes, dtypes, pytree structure, ``length``, ``reverse``, options) runs one compiled
+    program. The body is recognised by its code and what it captures — closure cells,
+    defaults and the globals it reads, arrays by identity (never by value), functions
+    recursively — so a lambda re-created per call over the same objects reuses it; a body that
+    captures anything else (a dict, a list, a mutable object) is recognised by the function
+    object itself, as ``lax.scan`` does. The cache is bounded and holds captured arrays weakly.
     A weakly typed ``init`` (a Python scalar) is promoted to the body's carry dtype, as
     ``lax.scan`` does.
 
@@ -626,9 +734,10 @@ def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None, reve
         length: T when ``xs`` is None.
         reverse: scan from the end, like ``lax.scan(..., reverse=True)``.
         unroll: validated as for ``lax.scan`` (a non-negative int or a bool) and used by the
-            sequential solver (and sequential fallbacks) only.
+            sequential passes only.
         solver: as for `parallelize`.
-        return_info: also return the solve's `Info`.
+        return_info: also return the solve's `Info` (a sequential plan then solves the carry and
+            the ``y`` in two passes, to check the residual; an effectful body reports residual 0).
         **options: any option of `parallelize` (``backward``, ``tol``, ``max_iters``, …).
 
     Returns:
@@ -671,103 +780,376 @@ def _scan(f, init, xs, length, reverse, unroll, solver, return_info, options):
         raise ValueError("`unroll` must be a `bool` or a non-negative `int`.")
     if unroll != 1:
         options = dict(options, unroll=int(unroll))
-    init = _promote_weak_init(f, init, xs)
-    fn = _scan_parallelized(f, solver, options)
-    out = fn(init, xs, length=length, reverse=reverse, return_info=return_info)
-    hs, info = out if return_info else (out, None)
-    hs, forwarded = _forward_unchanged(fn, init, xs, length, hs)
-    if T == 0:
-        carry = init
-        ys = _empty_ys(f, init, xs)
-    else:
-        xs_ord = xs
+    entry, refs = _scan_entry(f, solver, options)
+    tr = entry.trace(f, refs, init, xs, length)
+    return tr.call(entry, init, xs, length=length, reverse=bool(reverse), unroll=int(unroll),
+                   return_info=bool(return_info))
+
+
+# ---- autopar.scan's cache ----------------------------------------------------------------------
+class _Unkeyable(Exception):
+    """A captured value the body cache cannot recognise by identity or value."""
+
+
+_SCALARS = (bool, int, float, complex, str, bytes, type(None), type(Ellipsis))
+
+
+def _value_key(v, refs: list, seen: set):
+    """A hashable stand-in for a value the body captures (arrays by type, their identities
+    appended to ``refs``; scalars by value; functions by `_function_key`), or raise `_Unkeyable`."""
+    if isinstance(v, _SCALARS):
+        return (type(v), v)
+    if isinstance(v, _compat.Tracer):  # never cached (the trace is redone): its type is enough
+        return ("tracer", str(v.aval))
+    if isinstance(v, jax.Array):  # its identity goes to ``refs`` (the key of the trace), its type here
+        refs.append(v)
+        return ("array", v.shape, str(v.dtype), bool(getattr(v, "weak_type", False)))
+    if isinstance(v, (types.ModuleType, type, types.BuiltinFunctionType, np.dtype)):
+        return ("id", id(v), v)
+    if isinstance(v, tuple):
+        return ("tuple", tuple(_value_key(e, refs, seen) for e in v))
+    if isinstance(v, functools.partial):
+        return ("partial", _value_key(v.func, refs, seen), _value_key(v.args, refs, seen),
+                tuple(sorted((k, _value_key(a, refs, seen)) for k, a in v.keywords.items())))
+    if isinstance(v, types.FunctionType):
+        return _function_key(v, refs, seen)
+    if isinstance(v, (Parallelized, jax.custom_jvp, jax.custom_vjp)) or type(v).__name__ == "PjitFunction":
+        return ("id", id(v), v)  # fixed behaviour, recognised by identity (kept alive by the key)
+    raise _Unkeyable(type(v).__name__)
+
+
+def _function_key(f: types.FunctionType, refs: list, seen: set):
+    """What a Python function computes from: its code, its closure cells' contents, its defaults
+    and the module globals its code reads (each by `_value_key`)."""
+    if id(f) in seen:  # recursion
+        return ("recursive", f.__code__)
+    seen.add(id(f))
+    code = f.__code__
+    cells = tuple(_value_key(c.cell_contents, refs, seen) if _cell_full(c) else ("empty",) for c in f.__closure__ or ())
+    g = f.__globals__
+    read = tuple((n, _value_key(g[n], refs, seen)) for n in _global_names(code) if n in g)
+    defaults = _value_key(f.__defaults__, refs, seen)
+    kw = tuple(sorted((k, _value_key(a, refs, seen)) for k, a in (f.__kwdefaults__ or {}).items()))
+    return ("function", code, id(g), cells, read, defaults, kw)
+
+
+def _cell_full(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _global_names(code) -> tuple:
+    """The names ``code`` (and the code nested in it: comprehensions, inner functions) looks up."""
+    names = list(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            names.extend(_global_names(c))
+    return tuple(dict.fromkeys(names))
+
+
+def _body_key(f) -> tuple[Any, list]:
+    """(key, arrays keyed by identity): by what ``f`` captures, or by ``f`` itself (as lax.scan's
+    cache) when it captures something `_value_key` cannot recognise."""
+    refs: list = []
+    try:
+        if isinstance(f, (types.FunctionType, functools.partial)):
+            return ("captured", _value_key(f, refs, set())), refs
+    except (_Unkeyable, RecursionError):
+        pass
+    return ("object", f), []
+
+
+class _ScanEntry:
+    """autopar.scan's state for one body *structure* (its code and the types of what it captures,
+    `_body_key`) and options: the `Parallelized` of its carry recurrence (analysis and solver
+    programs), the jitted whole-call programs (one per traced jaxpr, so a body re-created over new
+    arrays of the same shapes — a training loop's new parameters — reuses the compiled program),
+    and the traces, keyed by the identities of the captured arrays and the input signature."""
+
+    def __init__(self, fn: Parallelized) -> None:
+        self.fn = fn
+        self.traces: "collections.OrderedDict[Any, _ScanTrace]" = collections.OrderedDict()
+        self.programs: "collections.OrderedDict[Any, _ScanTrace]" = collections.OrderedDict()
+
+    def trace(self, f, refs, init, xs, length) -> "_ScanTrace":
+        sig = (tuple(map(id, refs)), _call_signature(init, xs, length), self.fn._settings()[2])
+        tr = self.traces.get(sig)
+        if tr is not None:
+            if tr.alive():
+                self.traces.move_to_end(sig)
+                return tr
+            del self.traces[sig]
+        tr = _ScanTrace.build(self, f, {id(a) for a in refs}, init, xs, length)
+        if tr.cacheable:
+            self.traces[sig] = tr
+            for a in refs:  # a captured array that dies ends the trace (its id may be reused)
+                weakref.finalize(a, self.traces.pop, sig, None)
+            while len(self.traces) > _TRACES_PER_BODY:
+                self.traces.popitem(last=False)
+        return tr
+
+    def program(self, tr: "_ScanTrace") -> "_ScanTrace":
+        """The trace whose jitted program runs ``tr`` (the first one with the same jaxpr and layout)."""
+        if not tr.cacheable:
+            return tr
+        got = self.programs.get(tr.spec)
+        if got is None:
+            got = self.programs[tr.spec] = tr
+            while len(self.programs) > _TRACES_PER_BODY:
+                self.programs.popitem(last=False)
+        return got
+
+
+#: autopar.scan's bodies (``_body_key`` and the options), least recently used first.
+_SCAN_CACHE: "collections.OrderedDict[Any, _ScanEntry]" = collections.OrderedDict()
+_SCAN_CACHE_SIZE = 64
+_TRACES_PER_BODY = 16
+
+
+def _scan_entry(f, solver, options) -> tuple[_ScanEntry, list]:
+    """(entry, captured arrays) for body ``f`` with these options."""
+    fkey, refs = _body_key(f)
+    try:
+        k = (fkey, solver, tuple(sorted(options.items())))
+        hash(k)
+    except TypeError:  # an unhashable option value (e.g. init=array): no reuse
+        return _ScanEntry(Parallelized(_jaxpr_cell, solver=solver, name=_cell_name(f), **options)), refs
+    entry = _SCAN_CACHE.get(k)
+    if entry is not None:
+        _SCAN_CACHE.move_to_end(k)
+        return entry, refs
+    entry = _SCAN_CACHE[k] = _ScanEntry(Parallelized(_jaxpr_cell, solver=solver, name=_cell_name(f), **options))
+    while len(_SCAN_CACHE) > _SCAN_CACHE_SIZE:
+        _SCAN_CACHE.popitem(last=False)
+    return entry, refs
+
+
+class _Body:
+    """The traced body ``(carry, x) -> (carry, y)`` evaluated from its jaxpr with explicit consts."""
+
+    def __init__(self, jaxpr, consts, c_tree, x_tree, n_carry, out_tree):
+        self.jaxpr, self.consts, self.c_tree, self.x_tree = jaxpr, list(consts), c_tree, x_tree
+        self.n_carry, self.out_tree = n_carry, out_tree
+
+    def with_consts(self, consts) -> "_Body":
+        return _Body(self.jaxpr, consts, self.c_tree, self.x_tree, self.n_carry, self.out_tree)
+
+    def __call__(self, c, x):
+        outs = _compat.eval_jaxpr(self.jaxpr, self.consts, *jax.tree_util.tree_leaves(c),
+                                  *jax.tree_util.tree_leaves(x))
+        carry = jax.tree_util.tree_unflatten(self.c_tree, outs[: self.n_carry])
+        return carry, jax.tree_util.tree_unflatten(self.out_tree, outs[self.n_carry:])
+
+
+def _jaxpr_cell(body: _Body, h, x):
+    """autopar.scan's carry recurrence: the carry part of the traced body (a `Parallelized` of
+    this, bound to one trace's `_Body`, is what solves it)."""
+    return body(h, x)[0]
+
+
+def _avals(tree, time_axis: bool = False):
+    def aval(a):
+        a = a if isinstance(a, jax.ShapeDtypeStruct) else jnp.asarray(a) if not isinstance(a, jax.Array) else a
+        shape = a.shape[1:] if time_axis else a.shape
+        return jax.ShapeDtypeStruct(shape, a.dtype, weak_type=bool(getattr(a, "weak_type", False)) and not time_axis)
+
+    return [aval(a) for a in jax.tree_util.tree_leaves(tree)]
+
+
+def _trace_body(f, init, xs):
+    """(closed jaxpr of the flat body, carry-out avals, y treedef)."""
+    c_leaves, c_tree = jax.tree_util.tree_flatten(init)
+    x_tree = jax.tree_util.tree_structure(xs)
+    n = len(c_leaves)
+    box = {}
+
+    def flat(*args):
+        out = f(jax.tree_util.tree_unflatten(c_tree, args[:n]), jax.tree_util.tree_unflatten(x_tree, args[n:]))
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError(
+                f"`f` must return a pair (new_carry, y) like the body of jax.lax.scan; got {type(out).__name__}.")
+        cl, ct = jax.tree_util.tree_flatten(out[0])
+        if ct != c_tree:
+            raise TypeError(f"the body's carry output has pytree structure {ct}, but `init` has {c_tree}; "
+                            "return a carry of the same structure as init.")
+        yl, box["y_tree"] = jax.tree_util.tree_flatten(out[1])
+        return [*cl, *yl]
+
+    closed, shapes = jax.make_jaxpr(flat, return_shape=True)(*_avals(init), *_avals(xs, time_axis=True))
+    return closed, shapes[:n], box["y_tree"]
+
+
+class _ScanTrace:
+    """One input signature of one body: its jaxpr and consts, the plan of its carry recurrence,
+    and the jitted program that runs the whole call (solve, ``y``, carry) as one dispatch."""
+
+    @classmethod
+    def build(cls, entry: _ScanEntry, f, refs: set, init, xs, length) -> "_ScanTrace":
+        self = cls()
+        closed, carry_out, y_tree = _trace_body(f, init, xs)
+        # weakly typed init leaves (Python scalars) take the body's carry dtype, as lax.scan
+        leaves, c_tree = jax.tree_util.tree_flatten(init)
+        self.promote = []
+        for l, o in zip(leaves, carry_out):
+            weak = isinstance(l, _SCALARS) or bool(getattr(l, "weak_type", False))
+            want = jnp.result_type(l, o.dtype) if weak and (np.shape(l) != o.shape or jnp.result_type(l) != o.dtype) else None
+            self.promote.append(want)
+        if any(d is not None for d in self.promote):
+            init = self.promote_init(init)
+            closed, carry_out, y_tree = _trace_body(f, init, xs)
+        for k, (l, o) in enumerate(zip(jax.tree_util.tree_leaves(init), carry_out)):
+            if np.shape(l) != o.shape or jnp.result_type(l) != o.dtype:
+                raise TypeError(f"the body's carry output leaf {k} is {o.dtype}{list(o.shape)}, but `init`'s is "
+                                f"{jnp.result_type(l)}{list(np.shape(l))}; return a carry of init's shapes and dtypes.")
+        n = len(leaves)
+        self.body = _Body(closed.jaxpr, (), c_tree, jax.tree_util.tree_structure(xs), n, y_tree)
+        self.forwarded = [o is i for o, i in zip(closed.jaxpr.outvars[:n], closed.jaxpr.invars[:n])]
+        # the plan of the carry recurrence (analysis cached in the entry's Parallelized)
+        view = entry.fn._bind(self.body.with_consts(closed.consts))
+        self.sig, self.key, cell_consts = view._lookup(init, xs, length)
+        rec, facts, p = entry.fn._programs[self.key]
+        self.fn, self.plan = entry.fn, p
+        self.report = (rec, facts, p)
+        if p.solver == "sequential":
+            self.mode = "lax" if p.backward == "autodiff" else "implicit"
+        else:
+            self.mode = "parallel"
+        self.sharded = p.shards is not None or entry.fn.options.get("mesh") is not None
+        self.lazy = (self.mode == "parallel" and p.options.get("fallback", True) is not False
+                     and len(get_solver(p.solver).chain()) >= 2)
+        # one argument list for both traces' consts (the body's and the carry cell's), deduplicated
+        args, index = [], {}
+
+        def slot(c):
+            if id(c) not in index:
+                index[id(c)] = len(args)
+                args.append(c)
+            return index[id(c)]
+
+        self.body_idx = [slot(c) for c in closed.consts]
+        self.cell_idx = [slot(c) for c in cell_consts]
+        self.cacheable = not any(isinstance(c, _compat.Tracer) for c in args)
+        # captured arrays (the ones the body key names) are held weakly: the cache never keeps them alive
+        self.args = [weakref.ref(c) if id(c) in refs else c for c in args]
+        self.weak = [id(c) in refs for c in args]
+        self.spec = (str(closed.jaxpr), c_tree, self.body.x_tree, y_tree, tuple(self.promote), tuple(self.forwarded),
+                     self.mode, self.key, tuple(self.body_idx), tuple(self.cell_idx), self.sharded, self.lazy)
+        self.jitted = jax.jit(self._program, static_argnames=("length", "reverse", "unroll", "return_info"))
+        self.post = jax.jit(self._post, static_argnames=("reverse",))
+        return self
+
+    def alive(self) -> bool:
+        return all(not w or a() is not None for a, w in zip(self.args, self.weak))
+
+    def consts(self) -> list:
+        return [a() if w else a for a, w in zip(self.args, self.weak)]
+
+    def promote_init(self, init):
+        leaves, tree = jax.tree_util.tree_flatten(init)
+        return jax.tree_util.tree_unflatten(tree, [
+            l if d is None else jax.lax.convert_element_type(l, d) for l, d in zip(leaves, self.promote)])
+
+    # ---- running -------------------------------------------------------------------------------
+    def call(self, entry, init, xs, *, length, reverse, unroll, return_info):
+        fn, args = entry.fn, self.consts()
+        self = entry.program(self)  # the same program for the same jaxpr: only ``args`` differ
+        kw = dict(length=length, reverse=reverse, unroll=unroll, return_info=return_info)
+        try:
+            if self.sharded or shard.time_axis_of(xs) is not None or (self.lazy and not any(
+                    isinstance(a, _compat.Tracer) for a in jax.tree_util.tree_leaves((args, init, xs)))):
+                # time-sharded inputs (the entry point reads concrete shardings), or an eager call of a
+                # Newton plan (its lazy fallback chain): the solve as a call of its own, then the rest
+                return self._solve_then_post(fn, args, init, xs, **kw)
+            return self.jitted(args, init, xs, **kw)
+        except TypeError as e:
+            err = _forward_mode_error(e, sharded=self.sharded or shard.time_axis_of(xs) is not None)
+            if err is None:
+                raise
+            raise err from e
+
+    def _solve_then_post(self, fn, args, init, xs, *, length, reverse, unroll, return_info):
+        init = self.promote_init(init)
+        view = fn._bind(self.body.with_consts([args[i] for i in self.body_idx]))
+        out = view(init, xs, length=length, reverse=reverse, return_info=return_info)
+        hs, info = out if return_info else (out, None)
+        res = self.post(args, init, xs, hs, reverse=reverse)
+        return (res, info) if return_info else res
+
+    def _program(self, args, init, xs, *, length, reverse, unroll, return_info):
+        fn = self.fn
+        init = self.promote_init(init)
+        if self.mode == "lax":
+            body = self.body.with_consts([args[i] for i in self.body_idx])
+            out = jax.lax.scan(body, init, xs, length=length, reverse=reverse, unroll=unroll)
+            if not return_info:
+                return out
+            return out, self._exact_info(length if xs is None else None, xs)
+        if self.mode == "implicit" and not return_info:
+            def one_pass(args, init, xs):
+                body = self.body.with_consts([args[i] for i in self.body_idx])
+                return jax.lax.scan(body, init, xs, length=length, reverse=reverse, unroll=unroll)
+
+            def two_pass(args, init, xs):
+                return self._two_pass(fn, args, init, xs, length, reverse, False)[0]
+
+            run = jax.custom_jvp(one_pass)
+            run.defjvp(lambda primals, tangents: jax.jvp(two_pass, primals, tangents))
+            return run(args, init, xs)
+        out, info = self._two_pass(fn, args, init, xs, length, reverse, return_info)
+        return (out, info) if return_info else out
+
+    def _two_pass(self, fn, args, init, xs, length, reverse, return_info):
+        """The carry trajectory by the planned solver (differentiable by the planned adjoint), then
+        every y from one vmapped pass of the body over (previous carry, x)."""
+        cell_consts = [args[i] for i in self.cell_idx]
+        hs, info = fn._jitted(cell_consts, init, xs, None, key=self.key, length=length, reverse=reverse)
+        if return_info:
+            info = info.with_residual(fn._residual_jitted(cell_consts, init, xs, hs, key=self.key, reverse=reverse))
+        return self._post(args, init, xs, hs, reverse=reverse), info
+
+    def _exact_info(self, length, xs):
+        from .emit import Info
+
+        T = trace.xs_length(xs, length)
+        p = self.plan
+        return Info(jnp.asarray(0, jnp.int32), jnp.asarray(T, jnp.int32), jnp.asarray(True), jnp.zeros((), jnp.float32),
+                    None, jnp.asarray(Result.converged, jnp.int32), get_solver("sequential").chain(), p.solver,
+                    p.backward)
+
+    def _post(self, args, init, xs, hs, *, reverse):
+        """(carry, ys) from the carry trajectory ``hs``: carry leaves the body returns unchanged are
+        the input itself (as lax.scan's read-only carry), ``y_t`` = f(h_{t−1}, x_t)[1] vmapped."""
+        body = self.body.with_consts([args[i] for i in self.body_idx])
+        fw = jax.tree_util.tree_unflatten(self.body.c_tree, self.forwarded)
+        if any(self.forwarded):
+            hs = jax.tree_util.tree_map(lambda h, i, w: jnp.broadcast_to(jnp.asarray(i, h.dtype), h.shape) if w else h,
+                                        hs, init, fw)
+        T = jax.tree_util.tree_leaves(hs)[0].shape[0] if jax.tree_util.tree_leaves(hs) else None
+        if T == 0:
+            y = jax.eval_shape(lambda c, x: body(c, x)[1], init, _step_avals(xs))
+            return init, jax.tree_util.tree_map(lambda s: jnp.zeros((0, *s.shape), s.dtype), y)
         first = jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], init)
-        if reverse:
-            # step t (processing x_t) reads the carry after x_{t+1}
+        if reverse:  # step t (processing x_t) reads the carry after x_{t+1}
             prev = jax.tree_util.tree_map(lambda h, a: jnp.concatenate([h[1:], a], 0), hs, first)
             carry = jax.tree_util.tree_map(lambda h: h[0], hs)
         else:
             prev = jax.tree_util.tree_map(lambda a, h: jnp.concatenate([a, h[:-1]], 0), first, hs)
             carry = jax.tree_util.tree_map(lambda h: h[-1], hs)
-        # carry leaves the body returns unchanged come back as the input itself (as lax.scan's)
-        carry = jax.tree_util.tree_map(
-            lambda c, i, fw: (i if isinstance(i, jax.Array) else jnp.asarray(i, c.dtype)) if fw else c,
-            carry, init, forwarded)
-        if xs_ord is None:
-            ys = jax.vmap(lambda c: f(c, None)[1])(prev)
+        carry = jax.tree_util.tree_map(lambda c, i, w: jnp.asarray(i, c.dtype) if w else c, carry, init, fw)
+        if xs is None:
+            ys = jax.vmap(lambda c: body(c, None)[1])(prev)
         else:
-            ys = jax.vmap(lambda c, x: f(c, x)[1])(prev, xs_ord)
-    return ((carry, ys), info) if return_info else (carry, ys)
+            ys = jax.vmap(lambda c, x: body(c, x)[1])(prev, xs)
+        return carry, ys
 
 
-def _forward_unchanged(fn, init, xs, length, hs):
-    """(hs, forwarded): which carry leaves the body returns unchanged (its output *is* its input
-    in the traced body), and ``hs`` with those leaves as init broadcast over time — so that such
-    a carry is returned as the input value itself, as lax.scan's read-only carry forwarding does
-    (an unbatched carry stays unbatched under vmap; a cond around the scan can forward it)."""
-    _, key, _ = fn._lookup(init, xs, length)  # cached: the trace of this call
-    jaxpr = fn._programs[key][0].cell_jaxpr.jaxpr
-    n = len(fn._programs[key][0].layout.leaves)
-    flags = [o is i for o, i in zip(jaxpr.outvars[:n], jaxpr.invars[:n])]
-    treedef = jax.tree_util.tree_structure(init)
-    forwarded = jax.tree_util.tree_unflatten(treedef, flags)
-    if any(flags):
-        hs = jax.tree_util.tree_map(lambda h, i, fw: jnp.broadcast_to(jnp.asarray(i, h.dtype), h.shape) if fw else h,
-                                    hs, init, forwarded)
-    return hs, forwarded
-
-
-def _promote_weak_init(f, init, xs):
-    """Weakly typed init leaves (Python scalars) cast to the body's carry-out dtype, as lax.scan."""
-    leaves, treedef = jax.tree_util.tree_flatten(init)
-    weak = [isinstance(l, (bool, int, float, complex)) or bool(getattr(l, "weak_type", False)) for l in leaves]
-    if not any(weak):
-        return init
-    x0 = None if xs is None else jax.tree_util.tree_map(
+def _step_avals(xs):
+    return None if xs is None else jax.tree_util.tree_map(
         lambda a: jax.ShapeDtypeStruct(np.shape(a)[1:], jnp.result_type(a)), xs)
-    try:
-        out = jax.eval_shape(lambda c, x: f(c, x)[0], init, x0)
-    except Exception:  # noqa: BLE001 - the trace proper reports the body's error
-        return init
-    out_leaves, out_tree = jax.tree_util.tree_flatten(out)
-    if out_tree != treedef:
-        return init
-    new = []
-    for l, w, o in zip(leaves, weak, out_leaves):
-        if w and (np.shape(l) != o.shape or jnp.result_type(l) != o.dtype):
-            l = jax.lax.convert_element_type(l, jnp.result_type(l, o))
-        new.append(l)
-    return jax.tree_util.tree_unflatten(treedef, new)
-
-
-#: ``autopar.scan`` keeps the ``Parallelized`` of its last few step functions, so calling it again
-#: with the same ``f`` (like ``lax.scan``, keyed on the function object) reuses the analysis and
-#: the compiled program instead of building them again.
-_SCAN_CACHE: "collections.OrderedDict[Any, Parallelized]" = collections.OrderedDict()
-_SCAN_CACHE_SIZE = 64
-
-
-def _scan_parallelized(f, solver, options) -> Parallelized:
-    try:
-        k = (f, solver, tuple(sorted(options.items())))
-        hash(k)
-    except TypeError:  # an unhashable option value (e.g. init=array): no reuse
-        return parallelize(_state_cell(f), solver=solver, **options)
-    fn = _SCAN_CACHE.get(k)
-    if fn is None:
-        fn = _SCAN_CACHE[k] = parallelize(_state_cell(f), solver=solver, **options)
-        while len(_SCAN_CACHE) > _SCAN_CACHE_SIZE:
-            _SCAN_CACHE.popitem(last=False)
-    else:
-        _SCAN_CACHE.move_to_end(k)
-    return fn
-
-
-def _empty_ys(f, init, xs):
-    x0 = None if xs is None else jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], jnp.asarray(a).dtype), xs)
-    init_s = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.asarray(a).dtype), init)
-    y_shape = jax.eval_shape(lambda c, x: f(c, x)[1], init_s, x0)
-    return jax.tree_util.tree_map(lambda s: jnp.zeros((0, *s.shape), s.dtype), y_shape)
 
 
 def explain(f: Callable, init: Any, xs: Any = None, length: int | None = None, *, solver: str | None = None, **options: Any) -> Report:
@@ -775,4 +1157,6 @@ def explain(f: Callable, init: Any, xs: Any = None, length: int | None = None, *
 
     What `scan` with the same arguments would prove and run; nothing is compiled.
     """
-    return parallelize(_state_cell(f), solver=solver, **options).explain(init, xs, length=length)
+    entry, refs = _scan_entry(f, solver, options)
+    rec, facts, p = entry.trace(f, refs, init, xs, length).report
+    return Report(rec.name, facts, p, rec.layout, rec.length)

@@ -404,6 +404,40 @@ def _child():  # noqa: C901 - one script of checks
 
     check("errors:messages", errors)
 
+    def forward_mode():  # jax.jvp through a sharded solve: a clear refusal (both entry points, autopar.scan)
+        c = newton_cells["tanh-diag"][0]
+        xs = arr(16, D)
+        msgs = []
+        fn = autopar.parallelize(c, solver="sequential", mesh=meshes[2], axis_name="t")
+        inside = autopar.parallelize(c, solver="sequential", axis_name="t")
+        sm = jax.shard_map(lambda h, x: inside(h, x), mesh=meshes[2], in_specs=(P(), P("t")), out_specs=P("t"),
+                           check_vma=False)
+        runs = [lambda x: fn(jnp.zeros(D), x), lambda x: sm(jnp.zeros(D), x),
+                lambda x: autopar.scan(lambda h, u: (c(h, u),) * 2, jnp.zeros(D), x, mesh=meshes[2], axis_name="t")[1]]
+        for run, x in zip(runs, (xs, xs, xs)):
+            try:
+                jax.jvp(run, (x,), (jnp.ones_like(x),))
+            except autopar.AutoparError as e:
+                msgs.append(str(e))
+        ok = len(msgs) == 3 and all("not supported through a time-sharded solve" in m and "unsharded" in m
+                                    for m in msgs)
+        return ok, dict(messages=[m[:200] for m in msgs])
+
+    check("errors:forward_mode", forward_mode)
+
+    def scan_on_mesh():  # autopar.scan with mesh=: the sharded solve, then the ys; values and grads as lax.scan
+        c = newton_cells["tanh-diag"][0]
+        xs, h0 = arr(16, D), arr(D, scale=0.1)
+        body = lambda h, u: (c(h, u), jnp.sum(h * u))  # noqa: E731
+        got = autopar.scan(body, h0, xs, mesh=meshes[2], axis_name="t")
+        want = jax.lax.scan(body, h0, xs)
+        g1 = jax.grad(lambda x: autopar.scan(body, h0, x, mesh=meshes[2], axis_name="t")[1].sum())(xs)
+        g2 = jax.grad(lambda x: jax.lax.scan(body, h0, x)[1].sum())(xs)
+        e = [err(got[0], want[0]), err(got[1], want[1]), err(g1, g2)]
+        return max(e) < 1e-4, dict(errors=e)
+
+    check("entry1:autopar_scan_mesh", scan_on_mesh)
+
 
 if __name__ == "__main__":
     _child()

@@ -258,7 +258,6 @@ def trace_cell(cell: Callable, h0: Any, xs: Any, length: int | None = None, *, n
         raise
     check_same_structure(h0, out_shape, treedef)
 
-    n_h = len(h_leaves)
     disc_infos = layout.discrete_leaves
 
     def flat_step(v, *rest):

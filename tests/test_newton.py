@@ -14,10 +14,8 @@ import numpy as np
 import pytest
 
 import autopar
-from autopar.solvers import Problem
 from autopar.solvers.elk import kalman_step
 from autopar.solvers.quasi import Unsupported, chunked_dense_diagonal, interpreted_diagonal
-from autopar.structure import Dense, Diagonal
 from autopar.trace import trace_cell
 
 from .newton_cells import CELLS, make

@@ -2,7 +2,6 @@
 
 import json
 import math
-import warnings
 
 import jax
 import jax.numpy as jnp

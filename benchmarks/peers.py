@@ -49,9 +49,12 @@ Patches the peers need with jax 0.10.2 — applied here at run time, their files
    ``elk/__init__.py`` is bypassed the same way as in 1 (``elk.algs.elk`` needs dynamax,
    which ``elk.algs.deer`` does not).
 3. Iteration counts of machine-discovery/deer: its ``seq1d`` returns only the states and a
-   success flag. For the (untimed) counting call only, the script swaps the ``jax`` global of
-   ``deer.deer_iter`` for a proxy whose ``lax.while_loop`` also hands the loop's final
-   iteration counter to a ``jax.debug.callback``; the timed programs use the original.
+   success flag. The script swaps the ``jax`` global of ``deer.deer_iter`` for a proxy whose
+   ``lax.while_loop`` also hands the loop's final iteration counter to a
+   ``jax.debug.callback`` in the forward programs (one host callback per call, microseconds
+   against milliseconds; gradient programs are traced without it). Every forward program
+   returns its iteration count beside the states, so one compiled program is both timed and
+   counted.
 
 Memory guard: a dense Jacobian trajectory is B·T·nh² floats and the associative scan holds
 several; dense contenders (md-deer, elk-deer, ap-deer) are skipped where B·T·nh²·4 bytes
@@ -188,22 +191,25 @@ def bench(nh, T, batch, modes, names, md, ek, repeats, max_jac_gib):
     rows = []
     trajs = {n: batched(trajectories(n, apply, h0, md, ek), B) for n in names}
     if "fwd" in modes:
-        fwd = {n: jax.jit(lambda p, x, t=t: t(p, x)[0]) for n, t in trajs.items()}
-        ref = fwd["scan"](params, xs)
-        iters = {}
-        for n, t in trajs.items():
-            if n == "md-deer":
-                _COUNTS.clear()
-                _COUNTING["on"] = True
-                try:
-                    jax.block_until_ready(jax.jit(lambda p, x, t=t: t(p, x)[0])(params, xs))
-                finally:
-                    _COUNTING["on"] = False
-                iters[n] = max(_COUNTS) if _COUNTS else None
-            elif n != "scan":
-                it = jax.jit(lambda p, x, t=t: t(p, x)[1])(params, xs)
-                iters[n] = int(jnp.max(it))
-        errs = {n: float(jnp.max(jnp.abs(f(params, xs) - ref))) for n, f in fwd.items()}
+        def fwd_of(n, t):
+            def f(p, x):
+                hs, it = t(p, x)
+                return hs, (jnp.int32(-1) if it is None else jnp.max(it))
+            return jax.jit(f)
+        _COUNTING["on"] = True  # md-deer's program reports its iteration counter (patch 3)
+        try:
+            fwd = {n: fwd_of(n, t) for n, t in trajs.items()}
+            ref = fwd["scan"](params, xs)[0]
+            _COUNTS.clear()
+            outs = {n: jax.block_until_ready(f(params, xs)) for n, f in fwd.items()}
+            jax.effects_barrier()
+        finally:
+            _COUNTING["on"] = False
+        iters = {n: int(o[1]) for n, o in outs.items() if n != "scan"}
+        if "md-deer" in iters:
+            iters["md-deer"] = max(_COUNTS) if _COUNTS else None
+        errs = {n: float(jnp.max(jnp.abs(o[0] - ref))) for n, o in outs.items()}
+        del outs
         tm = side_by_side({n: (lambda f=f: f(params, xs)) for n, f in fwd.items()}, repeats=repeats, stat="median")
         for n in fwd:
             rows.append(("fwd", n, min(tm.samples[n]), tm[n], iters.get(n), errs[n]))

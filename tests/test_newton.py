@@ -295,3 +295,33 @@ def test_dense_elk_does_not_deadlock_xla_cpu():
     except subprocess.TimeoutExpired:  # generous: a loaded 2-core machine must not fail it; a hang still does
         pytest.fail("the compiled dense-ELK program deadlocked XLA:CPU (no result within 900 s)")
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("plateau,verified,want", [(1e-3, 3e-7, "converged"), (1e-3, 1e-3, "stalled"),
+                                                    (2e-5, 3e-7, "converged")])
+def test_stall_rule_stops_a_plateau_at_any_level(plateau, verified, want):
+    """A method whose own residual levels off (far above tol, or near it) stops after
+    STALL_ITERS_FAR (or STALL_ITERS) steps without a new best instead of running to max_iters,
+    and is judged by its verifier: converged if the full measure accepts the iterate, else stalled
+    (the chain then falls back). Seen on quasi-deer, dense tanh RNN D=32, T=65536: 256 iterations
+    at ~1e-3 on a trajectory the full measure scored 3.5e-7."""
+    from autopar.solvers.newton import STALL_ITERS, STALL_ITERS_FAR, STALL_LEVEL, Iteration, State, iterate
+    from autopar.solvers.result import Result
+
+    tol = 3.8e-6
+
+    def init(V):
+        return State(V, jnp.asarray(1.0, jnp.float32), jnp.asarray(0, jnp.int32))
+
+    def step(s):  # halves to the plateau, then wobbles around it without a new best
+        k = s.aux + 1
+        r = jnp.maximum(s.r * 0.5, plateau * (1.0 + 0.01 * (k % 2)))
+        return State(s.V + 1.0, r.astype(jnp.float32), k)
+
+    method = Iteration(init, step, verify=lambda V: jnp.asarray(verified, jnp.float32))
+    hist = jnp.full((300,), jnp.nan, jnp.float32)
+    out = jax.jit(lambda V: iterate(method, V, hist, jnp.asarray(0), tol=tol, max_iters=256))(jnp.zeros((3, 2)))
+    n_reach = int(np.ceil(np.log2(1.0 / plateau)))  # steps to reach the plateau
+    patience = STALL_ITERS_FAR if plateau > STALL_LEVEL * tol else STALL_ITERS
+    assert int(out.iterations) <= n_reach + patience + 2, int(out.iterations)
+    assert Result(int(out.result)).name == want

@@ -21,8 +21,9 @@ class Result(enum.IntEnum):
       lowered the merit before λ passed its cap (elk, quasi-elk).
     * ``nonfinite`` — NaN or inf: in an iterate (then the stage stopped at once), or in the
       returned trajectory (NaN inputs, a cell that overflows — for every solver, sequential too).
-    * ``stalled`` — a quasi stage's residual stopped improving near float rounding (within
-      ``STALL_LEVEL`` × tol) and the proven-structure measure did not confirm convergence
+    * ``stalled`` — a quasi stage's residual stopped improving (for ``STALL_ITERS`` steps within
+      ``STALL_LEVEL`` × tol, or ``STALL_ITERS_FAR`` at any level) and the proven-structure
+      measure did not confirm convergence
       (``autopar.solvers.newton``; only seen with ``fallback=False``).
     * ``fell_back`` — the planned solver did not converge and a later stage of its fallback
       chain (``Info.chain``) produced the result, which is converged (``Info.solver`` names it).

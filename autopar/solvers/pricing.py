@@ -143,6 +143,11 @@ def newton(facts, rec, K, iters: float, *, quasi: bool, scans: float = 1.0, copi
     t_ex, w_ex = extraction(T, D, fl, scan_st, isz, xb, K, tangent(facts, rec, cplx))
     t_sc, w_sc = scan(T, D, scan_st, isz, cplx, K)
     per_iter = t_ex + scans * t_sc + residual(T, D, fl, isz, xb, K)
-    mem = 3.0 * T * (scan_st.floats() + D) * isz * copies + 2.0 * T * D * isz
+    # The scan's elements (three live copies: inputs, partial products, outputs) plus the T × D
+    # arrays of the loop: iterate, best iterate, f values, the residual, xs-sized tangents and the
+    # while-loop's double buffers. Measured (benchmarks/memory.py, dense GRU D = 64, quasi-deer,
+    # T = 10⁶): 14 T·D floats in all, which this reproduces for quasi (3·2D + 8D); the 2 T·D it
+    # used to count predicted 1.91 GiB against a measured 3.35 GiB.
+    mem = 3.0 * T * (scan_st.floats() + D) * isz * copies + 8.0 * T * D * isz
     return Prediction(K.parallel_overhead + iters * per_iter, mem, iters, iters * (w_ex + scans * w_sc + T * fl),
                       iters * scans * levels(T))

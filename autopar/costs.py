@@ -267,14 +267,11 @@ def step_flops(jaxpr) -> float:
             total += step_flops(sub)
             continue
         name = eqn.primitive.name
-        out_size = sum(int(np.prod(v.aval.shape, dtype=np.int64)) for v in eqn.outvars if hasattr(v.aval, "shape"))
+        out_size = _out_size(eqn)
         if name == "dot_general":
-            (lc, _), _ = eqn.params["dimension_numbers"]
-            k = int(np.prod([eqn.invars[0].aval.shape[d] for d in lc], dtype=np.int64))
-            total += 2.0 * out_size * max(k, 1)
+            total += _dot_flops(eqn)
         elif name in ("scan", "while"):
-            for sub_j in _compat.jaxprs_in_params(eqn.params):
-                total += step_flops(sub_j) * int(eqn.params.get("length", 1) or 1)
+            total += _scan_flops(eqn)
         else:
             in_size = max([int(np.prod(a.aval.shape, dtype=np.int64)) for a in eqn.invars if hasattr(a.aval, "shape")] or [0])
             t = primitives.row(name)
@@ -312,20 +309,30 @@ def _tangent_flops(jp, live) -> float:
                 total += _tangent_flops(sj, {sj.invars[i] for i in hot})
                 continue
         name = eqn.primitive.name
-        out_size = sum(int(np.prod(v.aval.shape, dtype=np.int64)) for v in eqn.outvars if hasattr(v.aval, "shape"))
         if name == "dot_general":
-            (lc, _), _ = eqn.params["dimension_numbers"]
-            k = int(np.prod([eqn.invars[0].aval.shape[d] for d in lc], dtype=np.int64))
-            total += 2.0 * out_size * max(k, 1) * len(hot)
+            total += _dot_flops(eqn) * len(hot)
         elif name in ("scan", "while"):
             total += 2.0 * _scan_flops(eqn)
         else:
-            total += 2.0 * out_size
+            total += 2.0 * _out_size(eqn)
     return float(total)
 
 
 def _scan_flops(eqn) -> float:
+    """Flops of a scan / while equation: its bodies' flops × its length (1 for a while)."""
     return sum(step_flops(j) * int(eqn.params.get("length", 1) or 1) for j in _compat.jaxprs_in_params(eqn.params))
+
+
+def _out_size(eqn) -> int:
+    """Elements of an equation's array outputs."""
+    return sum(int(np.prod(v.aval.shape, dtype=np.int64)) for v in eqn.outvars if hasattr(v.aval, "shape"))
+
+
+def _dot_flops(eqn) -> float:
+    """2 · (output elements) · (contracted size) of a dot_general."""
+    (lc, _), _ = eqn.params["dimension_numbers"]
+    k = int(np.prod([eqn.invars[0].aval.shape[d] for d in lc], dtype=np.int64))
+    return 2.0 * _out_size(eqn) * max(k, 1)
 
 
 #: Smaller ops are fused or inlined by XLA (a 4×4 matvec, a sum of 16 numbers) and cost

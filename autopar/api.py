@@ -1008,6 +1008,10 @@ class _ScanTrace:
         n = len(leaves)
         self.body = _Body(closed.jaxpr, (), c_tree, jax.tree_util.tree_structure(xs), n, y_tree)
         self.forwarded = [o is i for o, i in zip(closed.jaxpr.outvars[:n], closed.jaxpr.invars[:n])]
+        # y leaves that are an x leaf itself (``return c, x``): returned as that input, outside the
+        # program (as lax.scan's input-to-output forwarding), so the program never copies them
+        x_in = closed.jaxpr.invars[n:]
+        self.y_fwd = tuple(next((k for k, v in enumerate(x_in) if o is v), None) for o in closed.jaxpr.outvars[n:])
         # the plan of the carry recurrence (analysis cached in the entry's Parallelized)
         view = entry.fn._bind(self.body.with_consts(closed.consts))
         self.sig, self.key, cell_consts = view._lookup(init, xs, length)
@@ -1037,6 +1041,7 @@ class _ScanTrace:
         self.args = [weakref.ref(c) if id(c) in refs else c for c in args]
         self.weak = [id(c) in refs for c in args]
         self.spec = (str(closed.jaxpr), c_tree, self.body.x_tree, y_tree, tuple(self.promote), tuple(self.forwarded),
+                     self.y_fwd,
                      self.mode, self.key, tuple(self.body_idx), tuple(self.cell_idx), self.sharded, self.lazy)
         self.jitted = jax.jit(self._program, static_argnames=("length", "reverse", "unroll", "return_info"))
         self.post = jax.jit(self._post, static_argnames=("reverse",))
@@ -1063,8 +1068,8 @@ class _ScanTrace:
                     isinstance(a, _compat.Tracer) for a in jax.tree_util.tree_leaves((args, init, xs)))):
                 # time-sharded inputs (the entry point reads concrete shardings), or an eager call of a
                 # Newton plan (its lazy fallback chain): the solve as a call of its own, then the rest
-                return self._solve_then_post(fn, args, init, xs, **kw)
-            return self.jitted(args, init, xs, **kw)
+                return self._fill_forwarded(self._solve_then_post(fn, args, init, xs, **kw), xs, return_info)
+            return self._fill_forwarded(self.jitted(args, init, xs, **kw), xs, return_info)
         except TypeError as e:
             err = _forward_mode_error(e, sharded=self.sharded or shard.time_axis_of(xs) is not None)
             if err is None:
@@ -1076,10 +1081,33 @@ class _ScanTrace:
         view = fn._bind(self.body.with_consts([args[i] for i in self.body_idx]))
         out = view(init, xs, length=length, reverse=reverse, return_info=return_info)
         hs, info = out if return_info else (out, None)
-        res = self.post(args, init, xs, hs, reverse=reverse)
+        res = self._strip_forwarded(self.post(args, init, xs, hs, reverse=reverse))
         return (res, info) if return_info else res
 
+    def _strip_forwarded(self, res):
+        """``(carry, ys)`` with the forwarded y leaves (``y_fwd``) left out (None)."""
+        if not any(k is not None for k in self.y_fwd):
+            return res
+        carry, ys = res
+        leaves = jax.tree_util.tree_leaves(ys)
+        return carry, [None if k is not None else l for l, k in zip(leaves, self.y_fwd)]
+
+    def _fill_forwarded(self, out, xs, return_info):
+        """The result of `_program` with the forwarded y leaves put back: the x leaves themselves."""
+        if not any(k is not None for k in self.y_fwd):
+            return out
+        (carry, ys), info = out if return_info else (out, None)
+        x_leaves = jax.tree_util.tree_leaves(xs)
+        ys = jax.tree_util.tree_unflatten(self.body.out_tree, [x_leaves[k] if k is not None else l
+                                                             for l, k in zip(ys, self.y_fwd)])
+        return ((carry, ys), info) if return_info else (carry, ys)
+
     def _program(self, args, init, xs, *, length, reverse, unroll, return_info):
+        out = self._program_full(args, init, xs, length=length, reverse=reverse, unroll=unroll,
+                                 return_info=return_info)
+        return (self._strip_forwarded(out[0]), out[1]) if return_info else self._strip_forwarded(out)
+
+    def _program_full(self, args, init, xs, *, length, reverse, unroll, return_info):
         fn = self.fn
         init = self.promote_init(init)
         if self.mode == "lax":

@@ -324,3 +324,39 @@ def test_bodies_over_different_lists_are_not_confused():
 
         autopar.scan(body, jnp.zeros(D), xs)
     assert len(firsts) == T and len(seconds) == T
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_y_that_is_x_is_forwarded_not_copied(reverse):
+    """``return c, x``: the y leaf is the x leaf itself, outside the compiled program (lax.scan's
+    input-to-output forwarding; JAX's test_scan_input_to_output_forwarding), with values,
+    gradients and tangents as lax.scan's, for pytrees mixing forwarded and computed y leaves."""
+    def g(x):
+        return autopar.scan(lambda c, x: (c + 1, x), 0, x)
+
+    jaxpr = jax.make_jaxpr(g)(jnp.arange(3.0))
+    assert len(jaxpr.eqns[0].params["jaxpr"].jaxpr.outvars) == 1, jaxpr
+
+    def f(c, x):
+        a, b = x
+        return jnp.tanh(c + a), {"b": b, "t": c * a, "a": a}
+
+    xs = (jnp.arange(5.0), jnp.ones((5, 2)))
+    (_, ys), _ = autopar.scan(f, 0.3, xs, reverse=reverse, return_info=True)
+    assert ys["b"] is xs[1] and ys["a"] is xs[0]
+
+    def loss(scan):
+        return lambda xs: sum(jnp.sum(l ** 2) for l in jax.tree_util.tree_leaves(scan(f, 0.3, xs, reverse=reverse)))
+
+    np.testing.assert_allclose(loss(autopar.scan)(xs), loss(jax.lax.scan)(xs), rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(jax.grad(loss(autopar.scan))(xs)),
+                    jax.tree_util.tree_leaves(jax.grad(loss(jax.lax.scan))(xs))):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_allclose(jax.jvp(loss(autopar.scan), (xs,), (xs,))[1],
+                               jax.jvp(loss(jax.lax.scan), (xs,), (xs,))[1], rtol=1e-6)
+    batched = jax.vmap(lambda xs: autopar.scan(f, 0.3, xs, reverse=reverse))(
+        jax.tree_util.tree_map(lambda l: jnp.stack([l, 2 * l]), xs))
+    want = jax.vmap(lambda xs: jax.lax.scan(f, 0.3, xs, reverse=reverse))(
+        jax.tree_util.tree_map(lambda l: jnp.stack([l, 2 * l]), xs))
+    for a, b in zip(jax.tree_util.tree_leaves(batched), jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)

@@ -1068,8 +1068,13 @@ class _ScanTrace:
                     isinstance(a, _compat.Tracer) for a in jax.tree_util.tree_leaves((args, init, xs)))):
                 # time-sharded inputs (the entry point reads concrete shardings), or an eager call of a
                 # Newton plan (its lazy fallback chain): the solve as a call of its own, then the rest
-                return self._fill_forwarded(self._solve_then_post(fn, args, init, xs, **kw), xs, return_info)
-            return self._fill_forwarded(self.jitted(args, init, xs, **kw), xs, return_info)
+                return self._fill_forwarded(self._solve_then_post(fn, args, init, xs, **kw), init, xs, return_info)
+            if self.mode == "lax" and any(isinstance(a, _compat.Tracer)
+                                          for a in jax.tree_util.tree_leaves((args, init, xs))):
+                # inside the caller's trace: lax.scan itself, with no program around it, so the
+                # caller's jaxpr is lax.scan's (its scan equation, effects and forwarding visible)
+                return self._program_full(args, init, xs, **kw)
+            return self._fill_forwarded(self.jitted(args, init, xs, **kw), init, xs, return_info)
         except TypeError as e:
             err = _forward_mode_error(e, sharded=self.sharded or shard.time_axis_of(xs) is not None)
             if err is None:
@@ -1085,21 +1090,23 @@ class _ScanTrace:
         return (res, info) if return_info else res
 
     def _strip_forwarded(self, res):
-        """``(carry, ys)`` with the forwarded y leaves (``y_fwd``) left out (None)."""
-        if not any(k is not None for k in self.y_fwd):
-            return res
+        """``(carry, ys)`` as flat lists, the forwarded leaves left out (None): carry leaves the body
+        returns unchanged (``forwarded``) and y leaves that are an x leaf (``y_fwd``)."""
         carry, ys = res
-        leaves = jax.tree_util.tree_leaves(ys)
-        return carry, [None if k is not None else l for l, k in zip(leaves, self.y_fwd)]
+        return ([None if w else l for l, w in zip(jax.tree_util.tree_leaves(carry), self.forwarded)],
+                [None if k is not None else l for l, k in zip(jax.tree_util.tree_leaves(ys), self.y_fwd)])
 
-    def _fill_forwarded(self, out, xs, return_info):
-        """The result of `_program` with the forwarded y leaves put back: the x leaves themselves."""
-        if not any(k is not None for k in self.y_fwd):
-            return out
+    def _fill_forwarded(self, out, init, xs, return_info):
+        """The result of `_program` with the forwarded leaves put back, outside the program, as the
+        inputs themselves (lax.scan's read-only carry and input-to-output forwarding: under
+        ``vmap(cond(...))`` an unbatched carry stays unbatched; no copy of a forwarded x)."""
         (carry, ys), info = out if return_info else (out, None)
-        x_leaves = jax.tree_util.tree_leaves(xs)
-        ys = jax.tree_util.tree_unflatten(self.body.out_tree, [x_leaves[k] if k is not None else l
-                                                             for l, k in zip(ys, self.y_fwd)])
+        init_l = jax.tree_util.tree_leaves(self.promote_init(init))
+        x_l = jax.tree_util.tree_leaves(xs)
+        carry = jax.tree_util.tree_unflatten(self.body.c_tree, [  # the init value itself, as lax.scan
+            i if w else l for l, i, w in zip(carry, init_l, self.forwarded)])
+        ys = jax.tree_util.tree_unflatten(self.body.out_tree, [x_l[k] if k is not None else l
+                                                               for l, k in zip(ys, self.y_fwd)])
         return ((carry, ys), info) if return_info else (carry, ys)
 
     def _program(self, args, init, xs, *, length, reverse, unroll, return_info):

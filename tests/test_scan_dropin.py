@@ -360,3 +360,35 @@ def test_y_that_is_x_is_forwarded_not_copied(reverse):
         jax.tree_util.tree_map(lambda l: jnp.stack([l, 2 * l]), xs))
     for a, b in zip(jax.tree_util.tree_leaves(batched), jax.tree_util.tree_leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_read_only_carry_stays_unbatched_under_vmap_of_cond():
+    """An inner scan whose carry is read-only, under ``vmap(cond(batched pred), out_axes=None)``:
+    the carry comes back as the input itself (outside autopar's program), so cond forwards it
+    and the output is unbatched, as with lax.scan (flax#4709; JAX's
+    test_scan_readonly_carry_optimization)."""
+    def f(x, y):
+        def g(_, y):
+            return autopar.scan(lambda y, _: (y, None), y, None, length=1)[0]
+
+        return jax.lax.cond(x < 0, g, g, x, y)
+
+    assert float(jax.vmap(f, (0, None), None)(jnp.arange(3.0), 3.0)) == 3.0
+    c, _ = autopar.scan(lambda c, x: (c, x), 0, jnp.arange(3.0))
+    assert c == 0 and type(c) is type(jax.lax.scan(lambda c, x: (c, x), 0, jnp.arange(3.0))[0])
+
+
+def test_effectful_body_is_lax_scan_in_the_callers_jaxpr():
+    """Traced by the caller (make_jaxpr / jit / grad), an effectful body's scan is lax.scan itself,
+    no program around it: its debug_print sits in the top-level scan equation (JAX's
+    test_scan_diff_of_print), and it prints once per step."""
+    def f(c, _):
+        jax.debug.print("c = {c}", c=c, ordered=True)
+        return c + 1, None
+
+    def g(x):
+        return autopar.scan(f, x, length=2)[0]
+
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(g))(1.0)
+    assert "debug_print" in [e.primitive.name for e in jaxpr.eqns[0].params["jaxpr"].eqns], jaxpr
+    assert float(jax.jit(g)(1.0)) == 3.0

@@ -685,20 +685,6 @@ def _is_side_effect(effect) -> bool:
     return type(effect).__name__ != "NamedAxisEffect"
 
 
-def _state_cell(f):
-    def cell(carry, x):
-        out = f(carry, x)
-        if not (isinstance(out, tuple) and len(out) == 2):
-            raise TypeError(
-                f"`f` must return a pair (new_carry, y) like the body of jax.lax.scan; got {type(out).__name__}."
-            )
-        return out[0]
-
-    cell.__name__ = getattr(f, "__name__", "f")
-    cell.__qualname__ = getattr(f, "__qualname__", cell.__name__)
-    return cell
-
-
 def scan(f: Callable, init: Any, xs: Any = None, length: int | None = None, reverse: bool = False,
          unroll: int | bool = 1, *, solver: str | None = None, return_info: bool = False, **options: Any):
     """Drop-in for ``jax.lax.scan``: ``f(carry, x) -> (carry, y)``; returns ``(carry, ys)``.
@@ -1156,8 +1142,9 @@ class _ScanTrace:
                     p.backward)
 
     def _post(self, args, init, xs, hs, *, reverse):
-        """(carry, ys) from the carry trajectory ``hs``: carry leaves the body returns unchanged are
-        the input itself (as lax.scan's read-only carry), ``y_t`` = f(h_{t−1}, x_t)[1] vmapped."""
+        """(carry, ys) from the carry trajectory ``hs``, ``y_t`` = f(h_{t−1}, x_t)[1] vmapped; carry
+        leaves the body returns unchanged are init broadcast over time (the call returns init
+        itself for them: `_fill_forwarded`)."""
         body = self.body.with_consts([args[i] for i in self.body_idx])
         fw = jax.tree_util.tree_unflatten(self.body.c_tree, self.forwarded)
         if any(self.forwarded):
@@ -1174,7 +1161,6 @@ class _ScanTrace:
         else:
             prev = jax.tree_util.tree_map(lambda a, h: jnp.concatenate([a, h[:-1]], 0), first, hs)
             carry = jax.tree_util.tree_map(lambda h: h[-1], hs)
-        carry = jax.tree_util.tree_map(lambda c, i, w: jnp.asarray(i, c.dtype) if w else c, carry, init, fw)
         if xs is None:
             ys = jax.vmap(lambda c: body(c, None)[1])(prev)
         else:

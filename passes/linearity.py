@@ -246,13 +246,24 @@ def _custom_jvp(dom, eqn, ins):
     primal = propagate(sub, ins, dom, known=known) if sub is not None else [NONLINEAR] * len(eqn.outvars)
     if PIECEWISE not in primal:
         return [NONLINEAR] * len(primal)  # the rule can only matter for a piecewise-linear primal
+    # A rule often computes its primal outputs by calling the function itself (``ans = f(x)``),
+    # so its jaxpr can hold this very call again: there only the value matters (its degree is
+    # the primal's, found above); this frame already judges the rule.
+    key = (eqn.params.get("name"), str(sub))
+    active = dom.__dict__.setdefault("_custom_jvp_active", set())
+    if key in active:
+        return primal
     rule = _compat.custom_jvp_rule(eqn)
     dj = NONLINEAR
     if rule is not None:
         jvp, out_zeros, nc = rule
         n = len(ins) - nc
         # Tangents held constant: the tangent outputs' degree is that of J's entries in h.
-        res = propagate(jvp, list(ins[nc:]) + [CONSTANT] * n, dom, known=known[nc:] + [None] * n)
+        active.add(key)
+        try:
+            res = propagate(jvp, list(ins[nc:]) + [CONSTANT] * n, dom, known=known[nc:] + [None] * n)
+        finally:
+            active.discard(key)
         dj = join(*res[len(eqn.outvars):])
         if any(d != CONSTANT for d in ins[:nc]):
             dj = NONLINEAR  # h-dependent closed-over constants: their derivative is not the rule's

@@ -148,10 +148,16 @@ class Adjoint:
                 w_prev = jnp.concatenate([jnp.zeros_like(w[:1]), w[:-1]], axis=0)
                 return w - jax.jvp(lambda p: Ft(consts, p, xt), (prev,), (w_prev,))[1]
 
-            d_vs = jax.lax.custom_linear_solve(
-                matvec, b,
-                lambda _, rhs: self.tangent_solve(tstep, structure, consts, prev, xt, rhs),
-                lambda _, g: self.transpose_solve(step, structure, consts, prev, xt, g))
+            solve_t = lambda _, rhs: self.tangent_solve(tstep, structure, consts, prev, xt, rhs)  # noqa: E731
+            try:
+                d_vs = jax.lax.custom_linear_solve(
+                    matvec, b, solve_t, lambda _, g: self.transpose_solve(step, structure, consts, prev, xt, g))
+            except (ValueError, TypeError, NotImplementedError):
+                jax.lax.custom_linear_solve(matvec, b, solve_t)  # re-raises unless only transposing failed
+                # JAX cannot reverse-differentiate the cell's step (e.g. a while_loop on the state): forward
+                # mode is still L⁻¹ b; reverse mode transposes this solve and raises JAX's own error there,
+                # exactly where lax.scan's gradient raises it.
+                d_vs = self.tangent_solve(tstep, structure, consts, prev, xt, b)
             return out, (d_vs, d_stats)
 
         return solve

@@ -392,3 +392,32 @@ def test_effectful_body_is_lax_scan_in_the_callers_jaxpr():
     jaxpr = jax.make_jaxpr(jax.value_and_grad(g))(1.0)
     assert "debug_print" in [e.primitive.name for e in jaxpr.eqns[0].params["jaxpr"].eqns], jaxpr
     assert float(jax.jit(g)(1.0)) == 3.0
+
+
+@pytest.mark.parametrize("solver, backward", [("sequential", "auto"), ("auto", "auto"), ("deer", "auto"),
+                                              ("sequential", "sequential"), ("deer", "linear")])
+def test_while_loop_on_state_forward_mode_works_reverse_raises_like_lax_scan(solver, backward):
+    """A fori_loop with traced bounds is a while_loop: JAX has no reverse mode for it. lax.scan's
+    jvp/linearize work and its grad raises JAX's error; autopar's too (the adjoint's transpose is not
+    traced into the tangent). Every backward raises: the cotangents of x and θ transpose the step's JVP."""
+    xs = jnp.asarray([0.3, -0.2, 0.5, 0.1, -0.4], jnp.float32)
+
+    def body(c, x):
+        return jax.lax.fori_loop(x, x + 2.0, lambda i, c1: jnp.tanh(c1 * c + x), c), c * x
+
+    def fn(scan):
+        return lambda c0: scan(body, c0, xs)
+
+    ap = functools.partial(autopar.scan, solver=solver, backward=backward)
+    c0 = jnp.float32(0.7)
+    _close(fn(ap)(c0), fn(jax.lax.scan)(c0), rtol=1e-5, atol=1e-6)
+    _close(jax.jvp(fn(ap), (c0,), (jnp.float32(1.0),)), jax.jvp(fn(jax.lax.scan), (c0,), (jnp.float32(1.0),)),
+           rtol=1e-4, atol=1e-5)
+    lin_out, lin = jax.linearize(fn(ap), c0)
+    _close(lin(jnp.float32(2.0)), jax.linearize(fn(jax.lax.scan), c0)[1](jnp.float32(2.0)), rtol=1e-4, atol=1e-5)
+    loss = lambda scan: lambda c0: jnp.sum(fn(scan)(c0)[1]) + fn(scan)(c0)[0]  # noqa: E731
+    with pytest.raises(ValueError, match="Reverse-mode differentiation does not work for lax.while_loop"):
+        jax.grad(loss(jax.lax.scan))(c0)
+    with pytest.raises(ValueError, match="Reverse-mode differentiation does not work for lax.while_loop"):
+        jax.grad(loss(ap))(c0)
+    _close(jax.jacfwd(loss(ap))(c0), jax.jacfwd(loss(jax.lax.scan))(c0), rtol=1e-4, atol=1e-5)

@@ -324,7 +324,6 @@ def _dot_general(dom, eqn, ins):
             if B * F_h * F_k * K * D > _DOT_EXACT_BUDGET:
                 break
             kv = np.asarray(known[ks]) != 0
-            kaval = (lhs_aval, rhs_aval)[ks]
             kb, kfree, kc = (lb, lfree, lc) if ks == 0 else (rb, rfree, rc)
             kmat = kv.transpose(tuple(kb) + tuple(kfree) + tuple(kc)).reshape(bshape + (F_k, K)).astype(np.float32)
             haval = (lhs_aval, rhs_aval)[hs]

@@ -229,15 +229,29 @@ class LinearAdjoint(Adjoint):
         return linear_scan(structure, m, g, jnp.zeros_like(prev[0]), reverse=True)
 
 
+#: How much dearer a non-fusable op (dot, reduction, …) of a step's VJP is in the reverse loop than
+#: a forward step's op (``K.op_overhead``): transposed matvecs, outer-product accumulations.
+VJP_OP_FACTOR = 3.6
+#: The reverse loop's own work per step (slicing v_{t−1}, x_t, ḡ_t, stacking λ_t), in ``op_overhead``s.
+REVERSE_LOOP_OPS = 0.4
+# Both: a weighted least-squares fit over 15 cells of the benchmark suite (2-core AMD EPYC, XLA:CPU,
+# T = 4096, gradient with the sequential adjoint minus the forward), vjp_eqn_time as calibrate() measures it.
+
+
 def _sequential_cost(facts, rec, K) -> pricing.Prediction:
-    """A reverse lax.scan: each step one VJP (≈ 3 step evaluations) and the accumulation of the
-    consts' cotangents. The loop body does not fuse like a forward step: it is priced per VJP equation."""
+    """A reverse lax.scan whose body is one state-VJP of the step (λ ↦ J_tᵀ λ, primal recomputed:
+    the facts ``vjp_ops`` / ``vjp_eqns`` / ``vjp_flops``), priced as a forward step is, its ops at
+    ``VJP_OP_FACTOR``·``op_overhead`` and each equation at ``vjp_eqn_time``; then the cotangents of
+    x and θ by one vmapped VJP of the step (≈ 2 evaluations at ``par_flops``) and its traffic."""
     T, D, isz, cplx, xb, const_floats = pricing.sizes(rec)
     fl = pricing.flops(facts, cplx)
-    body = max(2.0 * pricing.seq_step_ops(facts, rec, K), facts.get("vjp_eqns", 0) * K.vjp_eqn_time * cplx)
-    per = (K.step_overhead + body + (3.0 * fl + const_floats * cplx) / K.seq_flops
-           + (2 * D * isz + 2 * xb) / K.bytes_per_s)
-    return pricing.Prediction(T * per, 2.0 * T * D * isz + T * xb, 1.0, T * (3 * fl + const_floats), float(T))
+    real, cx = facts.get("vjp_ops", (0.0, 0.0))
+    ops = (VJP_OP_FACTOR * (real + K.complex_op_factor * cx) + REVERSE_LOOP_OPS) * K.op_overhead
+    body = (K.step_overhead + ops + facts.get("vjp_eqns", 0) * K.vjp_eqn_time * cplx
+            + facts.get("vjp_flops", 0.0) * cplx / K.seq_flops)
+    rest = (2.0 * fl + const_floats * cplx) / K.par_flops + (3 * D * isz + 2 * xb) / K.bytes_per_s
+    return pricing.Prediction(T * (body + rest), 2.0 * T * D * isz + T * xb, 1.0, T * (3 * fl + const_floats),
+                              float(T))
 
 
 @register_adjoint

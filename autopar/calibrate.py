@@ -72,33 +72,38 @@ def scan_program(cell):
     return run
 
 
-def _vjp_eqn_time(backend: str, repeats: int, T: int = 4096, D: int = 16) -> float:
-    """Seconds per VJP equation per step of a reverse lax.scan of per-step VJPs (a GRU-like cell)."""
+def _vjp_eqn_time(backend: str, repeats: int, step_overhead: float, seq_flops: float, T: int = 4096,
+                  D: int = 16) -> float:
+    """Seconds per equation of a step's state-VJP in a reverse lax.scan (the sequential adjoint's
+    body, ``costs.vjp_step``), beyond the loop overhead and its flops: an elementwise GRU-like cell."""
     dev = jax.devices(backend)[0]
     rng = np.random.default_rng(0)
-    p = tuple(jax.device_put(jnp.asarray(rng.standard_normal(s) / 4, jnp.float32), dev) for s in [(D,), (D, D)])
+    p = tuple(jax.device_put(jnp.asarray(rng.standard_normal(D) / 4, jnp.float32), dev) for _ in range(2))
 
     def step(p, h, x):
-        z = jax.nn.sigmoid(p[0] * h + x @ p[1])
-        return (1 - z) * h + z * jnp.tanh(x @ p[1] + h)
+        z = jax.nn.sigmoid(p[0] * h + x)
+        return (1 - z) * h + z * jnp.tanh(p[1] * h + x)
+
+    def adjoint_step(p, h, x, g):
+        return jax.vjp(lambda h: step(p, h, x), h)[1](g)[0]
 
     hs = jax.device_put(jnp.asarray(rng.standard_normal((T, D)), jnp.float32), dev)
 
     @jax.jit
     def back(p, hs, xs, g):
-        def body(c, inp):
-            dp, dv = c
+        def body(lam, inp):
             h, x, gt = inp
-            _, f = jax.vjp(step, p, h, x)
-            dpp, dh, dx = f(gt + dv)
-            return (jax.tree_util.tree_map(jnp.add, dp, dpp), dh), dx
+            lam = gt + lam
+            return adjoint_step(p, h, x, lam), lam
 
-        zero = (jax.tree_util.tree_map(jnp.zeros_like, p), jnp.zeros((D,), jnp.float32))
-        return jax.lax.scan(body, zero, (hs, xs, g), reverse=True)
+        return jax.lax.scan(body, jnp.zeros((D,), jnp.float32), (hs, xs, g), reverse=True)
 
     per_step = _time(back, p, hs, hs, hs, repeats=repeats) / T
-    n = costs.count_eqns(jax.make_jaxpr(lambda p, h, x, g: jax.vjp(step, p, h, x)[1](g))(p, hs[0], hs[0], hs[0]))
-    return max(per_step / max(n, 1), 1e-10)
+    closed = jax.make_jaxpr(adjoint_step)(p, hs[0], hs[0], hs[0])
+    closed, _ = _compat.dce(closed, [True] * len(closed.jaxpr.outvars))
+    n = costs.count_eqns(closed)
+    rest = per_step - step_overhead - costs.step_flops(closed) / seq_flops
+    return max(rest / max(n, 1), 1e-10)
 
 
 def _scan_per_step(cell, D: int, T: int, backend: str, repeats: int, dtype=jnp.float32) -> float:
@@ -269,8 +274,8 @@ def calibrate(backend: str | None = None, *, save: bool = True, repeats: int = 7
     parallel_overhead = _parallel_overhead(backend, repeats)
     log(f"parallel_overhead {parallel_overhead:.3g} s")
 
-    # 8. cost per equation of a step's VJP inside a reverse lax.scan (the sequential adjoint)
-    vjp_eqn_time = _vjp_eqn_time(backend, repeats)
+    # 8. cost per equation of a step's state-VJP inside a reverse lax.scan (the sequential adjoint)
+    vjp_eqn_time = _vjp_eqn_time(backend, repeats, step_overhead, seq_flops)
     log(f"vjp_eqn_time   {vjp_eqn_time:.3g} s")
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

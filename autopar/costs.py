@@ -17,6 +17,8 @@ constant              meaning (measured by ``autopar.calibrate``)
 ``cache_bytes``       the working set a parallel program can keep in cache (CPU: last-level cache)
 ``scan_miss_time``    extra seconds per stored float per step when the scan's working set does
                       not fit in ``cache_bytes`` (its passes then stream from DRAM)
+``vjp_eqn_time``      seconds per equation of a step's state-VJP in a reverse ``lax.scan`` (the
+                      sequential adjoint), beyond its ops and flops
 ====================  ===========================================================================
 
 Where they come from, first match wins: ``set_constants`` (this process), the
@@ -77,7 +79,7 @@ class BackendConstants:
     op_overhead: float = 0.0  # s per non-fusable op (dot, reduction, gather, …) in a sequential step
     complex_op_factor: float = 1.0  # how much dearer such an op is on complex operands
     parallel_overhead: float = 0.0  # fixed s of a parallel program (extraction, custom_vjp, glue)
-    vjp_eqn_time: float = 2.0e-8  # s per equation of the step's VJP in a reverse lax.scan (it does not fuse)
+    vjp_eqn_time: float = 1.5e-9  # s per equation of the step's state-VJP in a reverse lax.scan
     cache_bytes: float = 32 * 2**20  # working set of a parallel program that stays in cache
     scan_miss_time: float = 0.0  # extra s per stored float per step of a scan whose working set exceeds the cache
     source: str = "default"  # "default", "calibrated <date>", "set_constants"
@@ -99,7 +101,7 @@ DEFAULTS = {
     # A cheap cell's lax.scan step costs ~10 ns here: sequential is very hard to beat.
     "cpu": BackendConstants(step_overhead=4.4e-9, seq_flops=4.2e10, par_flops=7.2e10, level_overhead=4.3e-6,
                             bytes_per_s=1.5e10, scan_elem_time=1.3e-9, op_overhead=8.5e-8, complex_op_factor=5.0,
-                            parallel_overhead=1.0e-5, vjp_eqn_time=2.0e-8,
+                            parallel_overhead=1.0e-5, vjp_eqn_time=1.5e-9,
                             # cache_bytes / scan_miss_time: from the dense-GRU linear adjoint, whose
                             # J factors (T·D² floats) cost ~3× more per float at T = 65536 (≈ 200 MiB
                             # of scan working set) than at T = 4096 (≈ 13 MiB), while the diagonal
@@ -402,28 +404,25 @@ def count_eqns(jaxpr) -> int:
     return n
 
 
-def vjp_eqns(rec) -> int:
-    """Equations of one step's VJP w.r.t. (consts, v, x) — traced, never compiled.
+def vjp_step(rec) -> tuple[int, tuple[float, float], float]:
+    """(equations, (real, complex) non-fusable ops, flops) of one step's VJP w.r.t. the state.
 
-    A reverse ``lax.scan`` of per-step VJPs (the sequential adjoint) does not fuse into one loop
-    kernel the way a forward step does; on XLA:CPU its cost per step grows with this count
-    (measured 13–26 ns per equation on the 2-core development machine, ~4× for complex).
+    That is the body of the sequential adjoint's reverse ``lax.scan`` (λ ↦ J_tᵀ λ at v_{t−1},
+    the primal recomputed, dead code removed); the cotangents of x and θ are one vmapped VJP
+    outside the loop. Traced, never compiled.
     """
     import jax
-
-    from .dtypes import float_vjp
 
     jp = rec.step_jaxpr
     avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in jp.jaxpr.invars]
     consts = [jax.ShapeDtypeStruct(np.shape(c), getattr(c, "dtype", np.float32)) for c in jp.consts]
     n_disc = rec.n_discrete
 
-    def step(cs, v, xt):  # the emitter's step signature: xt = (discrete state, x leaves)
+    def adjoint_step(cs, v, xt, g):  # the emitter's step signature: xt = (discrete state, x leaves)
         disc, xl = xt
-        return _compat.eval_jaxpr(jp.jaxpr, list(cs), v, *disc, *xl)[0]
-
-    def adjoint_step(cs, v, xt, g):
-        return float_vjp(step, cs, v, xt)[1](g)
+        return jax.vjp(lambda v: _compat.eval_jaxpr(jp.jaxpr, list(cs), v, *disc, *xl)[0], v)[1](g)[0]
 
     xt = (avals[1 : 1 + n_disc], avals[1 + n_disc :])
-    return count_eqns(jax.make_jaxpr(adjoint_step)(consts, avals[0], xt, avals[0]))
+    closed = jax.make_jaxpr(adjoint_step)(consts, avals[0], xt, avals[0])
+    closed, _ = _compat.dce(closed, [True] * len(closed.jaxpr.outvars))
+    return count_eqns(closed), step_ops(closed), step_flops(closed)

@@ -385,11 +385,12 @@ def test_planning_inside_jit_with_traced_closed_over_params():
     assert_trees_close(g, ref, rtol=1e-4)
 
 
-def test_vjp_equations_price_the_sequential_adjoint():
-    """The reverse lax.scan of per-step VJPs does not fuse like a forward step; its cost follows
-    the VJP's equation count. DeltaNet (d=4) is the case that exposed it: a 40 ns forward step but
-    a 63-equation VJP; measured on the 2-core CPU at T=65536 (benchmarks.run --grad), sequential
-    adjoint 57.9 ms vs linear adjoint 26 ms — the planner must pick the linear one."""
+def test_state_vjp_prices_the_sequential_adjoint():
+    """The sequential adjoint's loop body is the step's VJP w.r.t. the state only (the cotangents
+    of x and θ are one vmapped VJP outside it), priced like a forward step. Measured on the 2-core
+    CPU at T = 65536 (gradient, auto's forward): DeltaNet (d = 4) sequential adjoint 22.9 ms vs
+    linear 59.5 ms; a diagonal SSM whose input goes through a 256 × 256 matmul, 302 ms vs 359 ms —
+    the old per-equation price of the whole VJP (x's matmul counted in the loop) chose linear for both."""
     import numpy as np
 
     from autopar.passes import analyse
@@ -405,12 +406,17 @@ def test_vjp_equations_price_the_sequential_adjoint():
         beta = jax.nn.sigmoid(x.sum())
         return S - beta * jnp.outer(S @ k - x @ Wv, k)
 
-    def ema(h, x):
-        return 0.5 * h + x
+    B = jnp.asarray(rng.standard_normal((256, 256)) / 16, jnp.float32)
+    a = jnp.linspace(0.5, 0.99, 256, dtype=jnp.float32)
 
-    rec = trace_cell(deltanet, jnp.zeros((d, d), jnp.float32), jnp.ones((65536, d), jnp.float32))
-    facts = analyse(rec)
-    small = analyse(trace_cell(ema, jnp.zeros(d, jnp.float32), jnp.ones((8, d), jnp.float32)))
-    assert facts["vjp_eqns"] > 3 * small["vjp_eqns"] > 0
-    plan = plan_mod.make_plan(rec, facts, backend="cpu")
-    assert plan.backward == "linear", plan.backward_reason
+    def ssm(h, x):
+        return a * h + x @ B
+
+    for cell, h0, D in [(ssm, jnp.zeros(256, jnp.float32), 256)]:
+        rec = trace_cell(cell, h0, jnp.ones((65536, D), jnp.float32))
+        facts = analyse(rec)
+        assert 0 < facts["vjp_eqns"] and facts["vjp_flops"] <= 2 * facts["step_flops"]
+        plan = plan_mod.make_plan(rec, facts, backend="cpu")
+        assert plan.backward == "sequential", plan.backward_reason
+    # x's matmul is not in the loop: the state-VJP of the SSM is one multiply, no kernel
+    assert facts["vjp_ops"] == (0.0, 0.0) and facts["vjp_flops"] < 0.01 * facts["step_flops"]

@@ -412,7 +412,7 @@ def test_state_vjp_prices_the_sequential_adjoint():
     def ssm(h, x):
         return a * h + x @ B
 
-    for cell, h0, D in [(ssm, jnp.zeros(256, jnp.float32), 256)]:
+    for cell, h0, D in [(deltanet, jnp.zeros((d, d), jnp.float32), d), (ssm, jnp.zeros(256, jnp.float32), 256)]:
         rec = trace_cell(cell, h0, jnp.ones((65536, D), jnp.float32))
         facts = analyse(rec)
         assert 0 < facts["vjp_eqns"] and facts["vjp_flops"] <= 2 * facts["step_flops"]

@@ -17,8 +17,9 @@ What each method must satisfy (J = ``to_dense(a)``; tests/test_kind_monomial.py 
   over pairs (J_t, b_t), (J2, b2)∘(J1, b1) = (J2 J1, J2 b1 + b2) built from compose / matvec;
 * ``block_view()`` — J as m independent b × b blocks of a permuted state (the Kalman
   smoother's layout); by default one dense block;
-* costs per step: ``compose_flops``, ``matvec_flops``, ``floats`` (stored per step) and
-  ``scan_elements`` (floats moved per combine beyond the factor and the vector);
+* costs per step: ``compose_flops``, ``matvec_flops``, ``floats`` (stored per step),
+  ``scan_elements`` (floats moved per combine beyond the factor and the vector) and
+  ``scan_overhead`` (a scan's per-step work beyond its flops, in floats at ``scan_elem_time``);
 * predicates: ``is_diagonal`` (J equals its diagonal: diagonal-only solvers are exact) and
   ``cheap_diagonal`` (diag(J) is best read through ``extract``, not a diagonal interpreter).
 
@@ -169,6 +170,12 @@ class Structure:
 
     def scan_elements(self) -> float:
         """Floats each combine moves beyond the factor and the vector (gathers, scatters)."""
+        return 0.0
+
+    def scan_overhead(self, rows: int = 1) -> float:
+        """Per-step cost of ``scan`` beyond its flops and its stored floats, as floats priced at
+        ``scan_elem_time`` (without the cache-miss term: work that stays compute-bound at any T),
+        for kinds whose ``scan`` is not the pairwise associative scan; ``rows`` as in compose_flops."""
         return 0.0
 
     # ---- reading a matrix state's inner factor (Kronecker) ------------------------

@@ -176,6 +176,9 @@ class Kronecker(Structure):
     def matvec_flops(self):
         return float(self.heads * self.p * self.inner.matvec_flops())
 
+    def scan_overhead(self, rows=1):
+        return float(self.heads * self.inner.scan_overhead(rows=self.p))
+
     def floats(self):
         return float(self.heads * self.inner.floats())
 

@@ -11,7 +11,8 @@ streamed at ``K.bytes_per_s``:
   ``T·(f + n_jvps·f') / K.par_flops`` plus its traffic, f' the flops of one tangent
   (``costs.tangent_flops``: only the h-dependent part of the step carries one);
 * ``scan``: the associative scan, ``levels(T)·K.level_overhead + T·(s + D)·(K.scan_elem_time
-  + φ·K.scan_miss_time) + 2T·(c + m) / K.par_flops`` with ``levels(T) = 2⌈log₂T⌉`` and φ the
+  + φ·K.scan_miss_time) + T·o·K.scan_elem_time + 2T·(c + m) / K.par_flops`` (o: the kind's
+  ``scan_overhead``) with ``levels(T) = 2⌈log₂T⌉`` and φ the
   fraction of its working set (≈ 3·T·(s + D) floats) beyond ``K.cache_bytes``;
 * ``residual``: one vmapped evaluation of the step, ``T·f / K.par_flops`` plus its traffic;
 * ``newton``: the Newton family, ``iters × (extraction + scans·scan + residual)``; a quasi
@@ -98,7 +99,8 @@ def scan(T, D, st, isz, cplx, K):
     """One associative scan of T compact factors in structure ``st``. (seconds, flops)"""
     work = 2.0 * T * (st.compose_flops() + st.matvec_flops() + D) * cplx
     elems = st.floats() + D + st.scan_elements()
-    t = levels(T) * K.level_overhead + T * elems * K.scan_elem_time * (isz / 4) + work / K.par_flops
+    t = (levels(T) * K.level_overhead + T * (elems + st.scan_overhead()) * K.scan_elem_time * (isz / 4)
+         + work / K.par_flops)
     t += T * elems * spill(3.0 * T * elems * isz, K) * getattr(K, "scan_miss_time", 0.0) * (isz / 4)
     return t, work
 

@@ -99,10 +99,8 @@ def _vjp_eqn_time(backend: str, repeats: int, step_overhead: float, seq_flops: f
         return jax.lax.scan(body, jnp.zeros((D,), jnp.float32), (hs, xs, g), reverse=True)
 
     per_step = _time(back, p, hs, hs, hs, repeats=repeats) / T
-    closed = jax.make_jaxpr(adjoint_step)(p, hs[0], hs[0], hs[0])
-    closed, _ = _compat.dce(closed, [True] * len(closed.jaxpr.outvars))
-    n = costs.count_eqns(closed)
-    rest = per_step - step_overhead - costs.step_flops(closed) / seq_flops
+    n, _, flops = costs.state_vjp_counts(lambda h, p, x: step(p, h, x), hs[0], p, hs[0])
+    rest = per_step - step_overhead - flops / seq_flops
     return max(rest / max(n, 1), 1e-10)
 
 

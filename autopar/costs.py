@@ -404,13 +404,24 @@ def count_eqns(jaxpr) -> int:
     return n
 
 
-def vjp_step(rec) -> tuple[int, tuple[float, float], float]:
-    """(equations, (real, complex) non-fusable ops, flops) of one step's VJP w.r.t. the state.
+def state_vjp_counts(step, v, *args) -> tuple[int, tuple[float, float], float]:
+    """(equations, (real, complex) non-fusable ops, flops) of λ ↦ J_tᵀ λ for ``step(v, *args)``:
+    the body of the sequential adjoint's reverse ``lax.scan`` (the primal recomputed, dead code
+    removed). ``v`` and ``args`` may be ``ShapeDtypeStruct``s; traced, never compiled."""
+    import jax
 
-    That is the body of the sequential adjoint's reverse ``lax.scan`` (λ ↦ J_tᵀ λ at v_{t−1},
-    the primal recomputed, dead code removed); the cotangents of x and θ are one vmapped VJP
-    outside the loop. Traced, never compiled.
-    """
+    def adjoint_step(v, g, *a):
+        return jax.vjp(lambda v: step(v, *a), v)[1](g)[0]
+
+    closed = jax.make_jaxpr(adjoint_step)(v, v, *args)
+    closed, _ = _compat.dce(closed, [True] * len(closed.jaxpr.outvars))
+    return count_eqns(closed), step_ops(closed), step_flops(closed)
+
+
+def vjp_step(rec) -> tuple[int, tuple[float, float], float]:
+    """``state_vjp_counts`` of the recurrence's step: its VJP w.r.t. the state, the body of the
+    sequential adjoint's reverse ``lax.scan``; the cotangents of x and θ are one vmapped VJP
+    outside the loop."""
     import jax
 
     jp = rec.step_jaxpr
@@ -418,11 +429,7 @@ def vjp_step(rec) -> tuple[int, tuple[float, float], float]:
     consts = [jax.ShapeDtypeStruct(np.shape(c), getattr(c, "dtype", np.float32)) for c in jp.consts]
     n_disc = rec.n_discrete
 
-    def adjoint_step(cs, v, xt, g):  # the emitter's step signature: xt = (discrete state, x leaves)
-        disc, xl = xt
-        return jax.vjp(lambda v: _compat.eval_jaxpr(jp.jaxpr, list(cs), v, *disc, *xl)[0], v)[1](g)[0]
+    def step(v, cs, disc, xl):  # the emitter's step: discrete state and x leaves after v
+        return _compat.eval_jaxpr(jp.jaxpr, list(cs), v, *disc, *xl)[0]
 
-    xt = (avals[1 : 1 + n_disc], avals[1 + n_disc :])
-    closed = jax.make_jaxpr(adjoint_step)(consts, avals[0], xt, avals[0])
-    closed, _ = _compat.dce(closed, [True] * len(closed.jaxpr.outvars))
-    return count_eqns(closed), step_ops(closed), step_flops(closed)
+    return state_vjp_counts(step, avals[0], consts, avals[1 : 1 + n_disc], avals[1 + n_disc :])

@@ -153,7 +153,8 @@ class Adjoint:
                 d_vs = jax.lax.custom_linear_solve(
                     matvec, b, solve_t, lambda _, g: self.transpose_solve(step, structure, consts, prev, xt, g))
             except (ValueError, TypeError, NotImplementedError):
-                jax.lax.custom_linear_solve(matvec, b, solve_t)  # re-raises unless only transposing failed
+                # traced, not run: re-raises unless only the transpose failed
+                jax.eval_shape(lambda b: jax.lax.custom_linear_solve(matvec, b, solve_t), b)
                 # JAX cannot reverse-differentiate the cell's step (e.g. a while_loop on the state): forward
                 # mode is still L⁻¹ b; reverse mode transposes this solve and raises JAX's own error there,
                 # exactly where lax.scan's gradient raises it.

@@ -24,6 +24,7 @@ DropVar = jex_core.DropVar
 Primitive = jex_core.Primitive
 
 eval_jaxpr = jax.core.eval_jaxpr
+jaxpr_as_fun = jex_core.jaxpr_as_fun
 #: The class of JAX tracers (a value inside jit / vmap / grad).
 Tracer = jax.core.Tracer
 #: ``concrete_or_error(force, value, context)``: a Python value from a concrete JAX value, or JAX's

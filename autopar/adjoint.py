@@ -44,6 +44,7 @@ from .dtypes import zeros_cotangent
 from .registry import Registry
 from .solvers import get_solver, pricing, solver_names
 from .solvers.linear import linear_scan, linearize_steps
+from .solvers.sequential import sequential_trajectory
 
 __all__ = ["Adjoint", "register_adjoint", "get_adjoint", "adjoint_names", "backward_modes", "BACKWARD_MODES",
            "per_step_adjoint", "separable"]
@@ -241,7 +242,8 @@ REVERSE_LOOP_OPS = 0.4
 
 def _sequential_cost(facts, rec, K) -> pricing.Prediction:
     """A reverse lax.scan whose body is one state-VJP of the step (λ ↦ J_tᵀ λ, primal recomputed:
-    the facts ``vjp_ops`` / ``vjp_eqns`` / ``vjp_flops``), priced as a forward step is, its ops at
+    the facts ``vjp_ops`` / ``vjp_eqns`` / ``vjp_flops``; ``vjp_hoisted_flops``, the part the loop
+    moves out, at ``par_flops``), priced as a forward step is, its ops at
     ``VJP_OP_FACTOR``·``op_overhead`` and each equation at ``vjp_eqn_time``; then the cotangents of
     x and θ by one vmapped VJP of the step (≈ 2 evaluations at ``par_flops``) and its traffic."""
     T, D, isz, cplx, xb, const_floats = pricing.sizes(rec)
@@ -250,7 +252,7 @@ def _sequential_cost(facts, rec, K) -> pricing.Prediction:
     ops = (VJP_OP_FACTOR * (real + K.complex_op_factor * cx) + REVERSE_LOOP_OPS) * K.op_overhead
     body = (K.step_overhead + ops + facts.get("vjp_eqns", 0) * K.vjp_eqn_time * cplx
             + facts.get("vjp_flops", 0.0) * cplx / K.seq_flops)
-    rest = (2.0 * fl + const_floats * cplx) / K.par_flops + (3 * D * isz + 2 * xb) / K.bytes_per_s
+    rest = (2.0 * fl + facts.get("vjp_hoisted_flops", 0.0) * cplx + const_floats * cplx) / K.par_flops + (3 * D * isz + 2 * xb) / K.bytes_per_s
     return pricing.Prediction(T * (body + rest), 2.0 * T * D * isz + T * xb, 1.0, T * (3 * fl + const_floats),
                               float(T))
 
@@ -266,21 +268,21 @@ class SequentialAdjoint(Adjoint):
         return _sequential_cost(facts, rec, K)
 
     def tangent_solve(self, step, structure, consts, prev, xt, b):
-        def body(w, inp):  # w = w_{t−1}
+        def f(w, inp):  # w = w_{t−1}
             b_t, p_t, x_t = inp
-            w = jax.jvp(lambda v: step(consts, v, x_t), (p_t,), (w,))[1] + b_t
-            return w, w
+            return jax.jvp(lambda v: step(consts, v, x_t), (p_t,), (w,))[1] + b_t
 
-        return jax.lax.scan(body, jnp.zeros_like(prev[0]), (b, prev, xt))[1]
+        return sequential_trajectory(f, jnp.zeros_like(prev[0]), (b, prev, xt))
 
     def transpose_solve(self, step, structure, consts, prev, xt, g):
-        def body(c, inp):  # c = J_{t+1}ᵀ λ_{t+1}
+        def f(c, inp):  # c = J_{t+1}ᵀ λ_{t+1}; returns J_tᵀ λ_t, λ_t = ḡ_t + c
             g_t, p_t, x_t = inp
-            lam = g_t + c
-            _, vjp = jax.vjp(lambda v: step(consts, v, x_t), p_t)
-            return vjp(lam)[0], lam
+            return jax.vjp(lambda v: step(consts, v, x_t), p_t)[1](g_t + c)[0]
 
-        return jax.lax.scan(body, jnp.zeros_like(prev[0]), (g, prev, xt), reverse=True)[1]
+        # both loops go through sequential_trajectory, which moves the λ-independent part (the
+        # primal at v_{t−1}, its derivatives) out of the loop when worthwhile (autopar.hoist)
+        c = sequential_trajectory(f, jnp.zeros_like(prev[0]), (g, prev, xt), reverse=True)
+        return g + jnp.concatenate([c[1:], jnp.zeros_like(c[:1])], axis=0)
 
 
 @register_adjoint

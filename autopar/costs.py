@@ -404,32 +404,37 @@ def count_eqns(jaxpr) -> int:
     return n
 
 
-def state_vjp_counts(step, v, *args) -> tuple[int, tuple[float, float], float]:
-    """(equations, (real, complex) non-fusable ops, flops) of λ ↦ J_tᵀ λ for ``step(v, *args)``:
-    the body of the sequential adjoint's reverse ``lax.scan`` (the primal recomputed, dead code
-    removed). ``v`` and ``args`` may be ``ShapeDtypeStruct``s; traced, never compiled."""
+def state_vjp_jaxpr(step, v, *args):
+    """The closed jaxpr of (λ, v, *args) ↦ J_tᵀ λ for ``step(v, *args)``: the body of the
+    sequential adjoint's reverse ``lax.scan`` (the primal recomputed, dead code removed), the
+    cotangent first as the loop's state. ``v`` and ``args`` may be ``ShapeDtypeStruct``s."""
     import jax
 
-    def adjoint_step(v, g, *a):
+    def adjoint_step(g, v, *a):
         return jax.vjp(lambda v: step(v, *a), v)[1](g)[0]
 
     closed = jax.make_jaxpr(adjoint_step)(v, v, *args)
-    closed, _ = _compat.dce(closed, [True] * len(closed.jaxpr.outvars))
+    return _compat.dce(closed, [True] * len(closed.jaxpr.outvars))[0]
+
+
+def state_vjp_counts(step, v, *args) -> tuple[int, tuple[float, float], float]:
+    """(equations, (real, complex) non-fusable ops, flops) of ``state_vjp_jaxpr``; traced, never compiled."""
+    closed = state_vjp_jaxpr(step, v, *args)
     return count_eqns(closed), step_ops(closed), step_flops(closed)
 
 
-def vjp_step(rec) -> tuple[int, tuple[float, float], float]:
-    """``state_vjp_counts`` of the recurrence's step: its VJP w.r.t. the state, the body of the
+def vjp_step(rec):
+    """``state_vjp_jaxpr`` of the recurrence's step: its VJP w.r.t. the state, the body of the
     sequential adjoint's reverse ``lax.scan``; the cotangents of x and θ are one vmapped VJP
-    outside the loop."""
+    outside the loop. The step's constants stay closed over, as in the solve."""
     import jax
 
     jp = rec.step_jaxpr
     avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in jp.jaxpr.invars]
-    consts = [jax.ShapeDtypeStruct(np.shape(c), getattr(c, "dtype", np.float32)) for c in jp.consts]
+    consts = list(jp.consts)
     n_disc = rec.n_discrete
 
-    def step(v, cs, disc, xl):  # the emitter's step: discrete state and x leaves after v
-        return _compat.eval_jaxpr(jp.jaxpr, list(cs), v, *disc, *xl)[0]
+    def step(v, disc, xl):  # the emitter's step: discrete state and x leaves after v
+        return _compat.eval_jaxpr(jp.jaxpr, consts, v, *disc, *xl)[0]
 
-    return state_vjp_counts(step, avals[0], consts, avals[1 : 1 + n_disc], avals[1 + n_disc :])
+    return state_vjp_jaxpr(step, avals[0], avals[1 : 1 + n_disc], avals[1 + n_disc :])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from autopar.costs import step_flops, step_ops, tangent_flops, vjp_step
+import numpy as np
+
+from autopar.costs import count_eqns, step_flops, step_ops, tangent_flops, vjp_step
+from autopar.hoist import split_step
 
 from .base import Pass
 
@@ -14,17 +17,41 @@ class CostPass(Pass):
     of the step's non-fusable kernels, ``costs.step_ops``: the sequential scan pays a launch per
     kernel per step), ``vjp_eqns`` / ``vjp_ops`` / ``vjp_flops`` (equations, non-fusable ops and
     flops of one step's VJP w.r.t. the state, ``costs.vjp_step``: the body of the sequential
-    adjoint's reverse scan) and ``tangent_flops`` (flops of one JVP of the step w.r.t. the state, which prices a
+    adjoint's reverse scan; ``vjp_hoisted_flops`` the part of it that loop moves out), ``hoisted`` (the loop body and the vectorised outer part when the
+    sequential loop moves the state-independent work out of it, ``autopar.hoist``; None when it
+    does not) and ``tangent_flops`` (flops of one JVP of the step w.r.t. the state, which prices a
     Jacobian extraction). The planner reads these facts instead of walking the jaxpr itself."""
 
     name = "cost"
-    provides = ("step_flops", "step_ops", "vjp_eqns", "vjp_ops", "vjp_flops", "tangent_flops")
+    provides = ("step_flops", "step_ops", "vjp_eqns", "vjp_ops", "vjp_flops", "tangent_flops", "hoisted",
+                "vjp_hoisted_flops")
 
     def run(self, rec, facts):
         try:
-            n_vjp, vjp_ops, vjp_fl = vjp_step(rec) if rec.size else (0, (0.0, 0.0), 0.0)
+            n_vjp, vjp_ops, vjp_fl, vjp_out = _vjp_loop(rec) if rec.size else (0, (0.0, 0.0), 0.0, 0.0)
         except Exception:  # noqa: BLE001 - a cell JAX cannot differentiate: no gradient to price
-            n_vjp, vjp_ops, vjp_fl = 0, (0.0, 0.0), 0.0
+            n_vjp, vjp_ops, vjp_fl, vjp_out = 0, (0.0, 0.0), 0.0, 0.0
         return {"step_flops": max(step_flops(rec.step_jaxpr), 1.0), "step_ops": step_ops(rec.step_jaxpr),
-                "vjp_eqns": n_vjp, "vjp_ops": vjp_ops, "vjp_flops": vjp_fl,
-                "tangent_flops": tangent_flops(rec.step_jaxpr)}
+                "vjp_eqns": n_vjp, "vjp_ops": vjp_ops, "vjp_flops": vjp_fl, "vjp_hoisted_flops": vjp_out,
+                "tangent_flops": tangent_flops(rec.step_jaxpr), "hoisted": _hoisted(rec)}
+
+
+def _vjp_loop(rec):
+    """(equations, ops, flops) of the sequential adjoint's loop body, and the flops it moves out
+    (``autopar.hoist``, as ``SequentialAdjoint`` runs it: inputs ḡ_t, v_{t−1}, x_t)."""
+    closed = vjp_step(rec)
+    split = split_step(closed, 1)
+    inputs = sum(int(np.prod(v.aval.shape, dtype=np.int64)) for v in closed.jaxpr.invars)  # ḡ_t counted too
+    if split is not None and split.worthwhile(int(rec.size), inputs):
+        return count_eqns(split.inner), split.inner_ops, split.inner_flops, split.outer_flops
+    return count_eqns(closed), step_ops(closed), step_flops(closed), 0.0
+
+
+def _hoisted(rec):
+    """The split the sequential loop makes of the step (``hoist.split_step`` of output 0, the
+    float state, as ``solvers.sequential`` sees it), or None when it keeps the step whole."""
+    split = split_step(rec.step_jaxpr, 1, n_outputs=1)
+    if split is None:
+        return None
+    inputs = sum(int(np.prod(v.aval.shape, dtype=np.int64)) for v in rec.step_jaxpr.jaxpr.invars[1:])
+    return split if split.worthwhile(int(rec.size), inputs) else None

@@ -23,6 +23,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("autopar.primitives", "autopar.registry", "autopar._compat", "autopar.dtypes", "autopar.errors")),
     ("structure", ("autopar.structure", "autopar.structure_matrix", "autopar.kinds", "autopar.kinds.*")),
     ("costs", ("autopar.costs",)),
+    ("hoist", ("autopar.hoist",)),
     ("trace", ("autopar.trace",)),
     ("analyse", ("autopar.passes", "autopar.passes.*")),
     ("solvers", ("autopar.solvers", "autopar.solvers.*", "autopar.adjoint", "autopar.adjoint.*")),

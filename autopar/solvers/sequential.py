@@ -5,18 +5,28 @@ from __future__ import annotations
 
 import jax
 
+from autopar import hoist
+
 from . import pricing
 from .base import Problem, Solver, converged_stats, register_solver
 
 
-def sequential_trajectory(f, v0, xt, length=None, leaves=None, unroll=1):
+def sequential_trajectory(f, v0, xt, length=None, leaves=None, unroll=1, hoisting=True, reverse=False):
     """v_1..v_T of v_t = f(v_{t-1}, xt_t) by lax.scan (``length`` needed when ``xt`` has no leaves;
     ``unroll`` as lax.scan's, from ``autopar.scan(..., unroll=)``).
+
+    ``hoisting``: the part of ``f`` that reads no state is evaluated for all T steps before the
+    loop when ``autopar.hoist`` finds that worthwhile (an input projection, an input-dependent
+    gate); the loop then runs only the state-dependent rest. ``reverse``: as lax.scan's (the
+    sequential adjoint's loop).
 
     With ``leaves = (split, join)`` the loop carries the state leaves in their own shapes: the
     reshapes around ``f`` then cancel inside the loop body (a flat carry cost up to 1.5× on a
     matrix state), and the flat trajectory is assembled once at the end.
     """
+    moved = hoist.hoisted(f, v0, xt) if hoisting else None
+    if moved is not None:
+        f, xt = moved
     if leaves is not None:
         split, join = leaves
 
@@ -24,14 +34,14 @@ def sequential_trajectory(f, v0, xt, length=None, leaves=None, unroll=1):
             c = split(f(join(c), x))
             return c, c
 
-        parts = jax.lax.scan(body_leaves, split(v0), xt, length=length, unroll=unroll)[1]
+        parts = jax.lax.scan(body_leaves, split(v0), xt, length=length, unroll=unroll, reverse=reverse)[1]
         return jax.vmap(join)(parts)
 
     def body(v, x):
         v = f(v, x)
         return v, v
 
-    return jax.lax.scan(body, v0, xt, length=length, unroll=unroll)[1]
+    return jax.lax.scan(body, v0, xt, length=length, unroll=unroll, reverse=reverse)[1]
 
 
 @register_solver
@@ -46,12 +56,24 @@ class Sequential(Solver):
         return True, "always exact"
 
     def cost(self, facts, rec, K):
-        """T dependent steps, each ``pricing.seq_step_ops`` + its flops at ``K.seq_flops`` + its traffic."""
+        """T dependent steps, each ``pricing.seq_step_ops`` + its flops at ``K.seq_flops`` + its traffic.
+
+        With ``facts["hoisted"]`` (``autopar.hoist``) the loop runs the state-dependent part only,
+        reading its residuals, and the rest is one vectorised pass over T at ``K.par_flops``."""
         T, D, isz, cplx, xb, _ = pricing.sizes(rec)
-        fl = pricing.flops(facts, cplx)
-        t = T * (K.step_overhead + pricing.seq_step_ops(facts, rec, K) + fl / K.seq_flops
-                 + (D * isz + xb) / K.bytes_per_s)
-        return pricing.Prediction(t, T * D * isz, 1.0, T * fl, float(T))
+        split = facts.get("hoisted")
+        if split is None:
+            fl = pricing.flops(facts, cplx)
+            t = T * (K.step_overhead + pricing.seq_step_ops(facts, rec, K) + fl / K.seq_flops
+                     + (D * isz + xb) / K.bytes_per_s)
+            return pricing.Prediction(t, T * D * isz, 1.0, T * fl, float(T))
+        real, cx = split.inner_ops
+        rb = split.residual_floats * isz
+        loop = (K.step_overhead + (real + K.complex_op_factor * cx) * K.op_overhead
+                + split.inner_flops * cplx / K.seq_flops + (D * isz + rb) / K.bytes_per_s)
+        outer = split.outer_flops * cplx / K.par_flops + (xb + rb) / K.bytes_per_s
+        fl = (split.inner_flops + split.outer_flops) * cplx
+        return pricing.Prediction(T * (loop + outer), T * (D * isz + rb), 1.0, T * fl, float(T))
 
     def solve(self, problem: Problem):
         vs = sequential_trajectory(problem.f, problem.v0, problem.xt, problem.length, problem.leaves,

@@ -81,14 +81,13 @@ def split_step(closed, n_state: int, n_outputs: int | None = None) -> Split | No
     default). None when there is nothing to move, or the step has effects (their order matters)."""
     if closed.effects:
         return None
+    n_out = len(closed.jaxpr.outvars) if n_outputs is None else n_outputs
+    closed, _ = _compat.dce(closed, [i < n_out for i in range(len(closed.jaxpr.outvars))])  # dead work moves nothing
     jp = closed.jaxpr
-    if n_outputs is not None:
-        closed, _ = _compat.dce(closed, [i < n_outputs for i in range(len(jp.outvars))])
-        jp = closed.jaxpr
     state_in, x_in = list(jp.invars[:n_state]), list(jp.invars[n_state:])
     hot = set(state_in)  # reads the state
     xdep = set(x_in)  # reads an input (and not the state)
-    outer_x, outer_c, inner = [], [], []
+    outer_x, inner, outer_eqns = [], [], []
     for eqn in jp.eqns:
         ins = [v for v in eqn.invars if not _compat.is_literal(v)]
         if eqn.effects:
@@ -98,13 +97,14 @@ def split_step(closed, n_state: int, n_outputs: int | None = None) -> Split | No
             hot.update(eqn.outvars)
         elif any(v in xdep for v in ins):
             outer_x.append(eqn)
+            outer_eqns.append(eqn)
             xdep.update(eqn.outvars)
         else:
-            outer_c.append(eqn)
+            outer_eqns.append(eqn)
     if not outer_x:
         return None
     defined_outer = set(x_in)
-    for eqn in outer_x + outer_c:
+    for eqn in outer_eqns:
         defined_outer.update(eqn.outvars)
     residuals, seen = [], set()
 
@@ -118,7 +118,6 @@ def split_step(closed, n_state: int, n_outputs: int | None = None) -> Split | No
             need(v)
     for v in jp.outvars:
         need(v)
-    outer_eqns = [e for e in jp.eqns if e in set(outer_x) | set(outer_c)]
     outer = _compat.ClosedJaxpr(_compat.Jaxpr(jp.constvars, x_in, residuals, outer_eqns), closed.consts)
     inner_jp = _compat.Jaxpr(jp.constvars, state_in + residuals, jp.outvars, inner)
     batched = tuple(v in xdep for v in residuals)
@@ -129,9 +128,9 @@ def split_step(closed, n_state: int, n_outputs: int | None = None) -> Split | No
 
 
 def hoisted(f: Callable, v0, xt) -> tuple[Callable, Any] | None:
-    """``(g, rt)`` with ``g(v, r_t) == f(v, xt_t)`` for every t (``f`` returns a state of ``v0``'s structure), ``rt`` the outer part of ``f``
-    evaluated over the leading axis of ``xt`` (``jax.vmap``); None when the split is not
-    worthwhile (``Split.worthwhile``) or ``xt`` has no leaves."""
+    """``(g, rt)`` with ``g(v, r_t) == f(v, xt_t)`` for every t, ``rt`` the outer part of ``f``
+    evaluated over the leading axis of ``xt`` (``jax.vmap``); ``f`` returns a state shaped as
+    ``v0``. None when the split is not worthwhile (``Split.worthwhile``) or ``xt`` has no leaves."""
     x_leaves, x_tree = jax.tree.flatten(xt)
     if not x_leaves:
         return None

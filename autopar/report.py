@@ -249,6 +249,11 @@ class Report:
                 lines.append(f"sparsity pattern ({nnz} of {D * D} entries may be nonzero; rows: new state, "
                              f"cols: state{tile}; full: report.pattern() or report.plot()):")
                 lines += ["  " + r for r in pic.splitlines()]
+        split = self.facts.get("hoisted")
+        if split is not None:
+            moved, kept = sum(split.outer_ops), sum(split.inner_ops)
+            lines.append(f"sequential loop: {moved:g} kernel(s) that read no state moved out, computed for all T at "
+                         f"once; {kept:g} left in the loop; {split.residual_floats} residual floats a step")
         lines.append(f"solver: {self.solver}  ({self.plan.reason})")
         breason = getattr(self.plan, "backward_reason", "")
         lines.append(f"backward: {self.plan.backward}" + (f"  ({breason})" if breason else ""))

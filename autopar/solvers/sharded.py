@@ -41,7 +41,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from autopar import _compat
+from autopar import _compat, hoist
 from autopar.structure import Dense, Diagonal, Structure
 from autopar.kinds import Kronecker, LowRank
 
@@ -242,9 +242,13 @@ def pipeline(final: Callable, full: Callable, start0, axis: Axis):
 
 
 def sequential_solve(problem: Problem, axis: Axis):
-    """The sequential solver as a pipeline (``lax.scan`` per chunk)."""
+    """The sequential solver as a pipeline (``lax.scan`` per chunk), the state-independent part of
+    the step computed for the chunk before its loops (``autopar.hoist``), as the unsharded one does."""
     f, xt, L = problem.f, problem.xt, problem.length
     unroll = problem.options.get("unroll", 1)
+    moved = hoist.hoisted(f, problem.v0, xt)
+    if moved is not None:
+        f, xt = moved
 
     def final(v):
         return jax.lax.scan(lambda c, x: (f(c, x), None), v, xt, length=L, unroll=unroll)[0]

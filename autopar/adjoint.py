@@ -252,7 +252,8 @@ def _sequential_cost(facts, rec, K) -> pricing.Prediction:
     ops = (VJP_OP_FACTOR * (real + K.complex_op_factor * cx) + REVERSE_LOOP_OPS) * K.op_overhead
     body = (K.step_overhead + ops + facts.get("vjp_eqns", 0) * K.vjp_eqn_time * cplx
             + facts.get("vjp_flops", 0.0) * cplx / K.seq_flops)
-    rest = (2.0 * fl + facts.get("vjp_hoisted_flops", 0.0) * cplx + const_floats * cplx) / K.par_flops + (3 * D * isz + 2 * xb) / K.bytes_per_s
+    moved = facts.get("vjp_hoisted_flops", 0.0) * cplx  # the part of the loop body moved out of it
+    rest = (2.0 * fl + moved + const_floats * cplx) / K.par_flops + (3 * D * isz + 2 * xb) / K.bytes_per_s
     return pricing.Prediction(T * (body + rest), 2.0 * T * D * isz + T * xb, 1.0, T * (3 * fl + const_floats),
                               float(T))
 

@@ -53,7 +53,8 @@ class Split:
     jaxprs; ``batched[i]``: residual i reads an input (else only constants: computed once).
     ``residual_floats``: elements of the batched residuals of one step; ``outer_ops`` /
     ``outer_flops`` the (real, complex) kernels and flops of the batched outer part;
-    ``inner_ops`` / ``inner_flops`` those of the loop body."""
+    ``inner_ops`` / ``inner_flops`` those of the loop body; ``state_floats`` / ``input_floats``
+    the elements of the step's state and per-step inputs (its invars)."""
 
     outer: Any
     inner: Any
@@ -63,12 +64,17 @@ class Split:
     outer_flops: float
     inner_ops: tuple
     inner_flops: float
+    state_floats: int
+    input_floats: int
 
-    def worthwhile(self, state_floats: int, input_floats: int) -> bool:
-        """Whether the loop should use the split (see the module docstring)."""
+    def worthwhile(self, extra_input_floats: int = 0) -> bool:
+        """Whether the loop should use the split (see the module docstring); ``extra_input_floats``:
+        per-step inputs the loop reads that this jaxpr does not take (a pricing trace of the
+        adjoint's body has λ as its state, the loop also slices ḡ_t)."""
         if sum(self.outer_ops) < 1:
             return False
-        return self.residual_floats <= RESIDUAL_FACTOR * (state_floats + input_floats) + RESIDUAL_SLACK
+        budget = RESIDUAL_FACTOR * (self.state_floats + self.input_floats + extra_input_floats) + RESIDUAL_SLACK
+        return self.residual_floats <= budget
 
 
 def _size(aval) -> int:
@@ -124,7 +130,8 @@ def split_step(closed, n_state: int, n_outputs: int | None = None) -> Split | No
     xpart = _compat.Jaxpr(jp.constvars, x_in, [v for v in residuals if v in xdep], outer_x)
     return Split(outer, _compat.ClosedJaxpr(inner_jp, closed.consts), batched,
                  sum(_size(v.aval) for v, b in zip(residuals, batched) if b),
-                 costs.step_ops(xpart), costs.step_flops(xpart), costs.step_ops(inner_jp), costs.step_flops(inner_jp))
+                 costs.step_ops(xpart), costs.step_flops(xpart), costs.step_ops(inner_jp), costs.step_flops(inner_jp),
+                 sum(_size(v.aval) for v in state_in), sum(_size(v.aval) for v in x_in))
 
 
 def hoisted(f: Callable, v0, xt) -> tuple[Callable, Any] | None:
@@ -144,10 +151,7 @@ def hoisted(f: Callable, v0, xt) -> tuple[Callable, Any] | None:
     examples += [jax.ShapeDtypeStruct(np.shape(a)[1:], a.dtype) for a in x_leaves]
     closed = jax.make_jaxpr(flat)(*examples)
     split = split_step(closed, len(v_leaves))
-    if split is None:
-        return None
-    if not split.worthwhile(sum(_size(e) for e in examples[: len(v_leaves)]),
-                            sum(_size(e) for e in examples[len(v_leaves):])):
+    if split is None or not split.worthwhile():
         return None
     outer = _compat.jaxpr_as_fun(split.outer)
     inner = _compat.jaxpr_as_fun(split.inner)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from autopar.costs import count_eqns, step_flops, step_ops, tangent_flops, vjp_step
 from autopar.hoist import split_step
 
@@ -17,8 +15,8 @@ class CostPass(Pass):
     of the step's non-fusable kernels, ``costs.step_ops``: the sequential scan pays a launch per
     kernel per step), ``vjp_eqns`` / ``vjp_ops`` / ``vjp_flops`` (equations, non-fusable ops and
     flops of one step's VJP w.r.t. the state, ``costs.vjp_step``: the body of the sequential
-    adjoint's reverse scan; ``vjp_hoisted_flops`` the part of it that loop moves out), ``hoisted`` (the loop body and the vectorised outer part when the
-    sequential loop moves the state-independent work out of it, ``autopar.hoist``; None when it
+    adjoint's reverse scan; ``vjp_hoisted_flops`` the part of it that loop moves out), ``hoisted``
+    (the loop body and the vectorised outer part when the sequential loop moves the state-independent work out of it, ``autopar.hoist``; None when it
     does not) and ``tangent_flops`` (flops of one JVP of the step w.r.t. the state, which prices a
     Jacobian extraction). The planner reads these facts instead of walking the jaxpr itself."""
 
@@ -41,8 +39,7 @@ def _vjp_loop(rec):
     (``autopar.hoist``, as ``SequentialAdjoint`` runs it: inputs ḡ_t, v_{t−1}, x_t)."""
     closed = vjp_step(rec)
     split = split_step(closed, 1)
-    inputs = sum(int(np.prod(v.aval.shape, dtype=np.int64)) for v in closed.jaxpr.invars)  # ḡ_t counted too
-    if split is not None and split.worthwhile(int(rec.size), inputs):
+    if split is not None and split.worthwhile(extra_input_floats=int(rec.size)):  # the loop also slices ḡ_t
         return count_eqns(split.inner), split.inner_ops, split.inner_flops, split.outer_flops
     return count_eqns(closed), step_ops(closed), step_flops(closed), 0.0
 
@@ -51,7 +48,4 @@ def _hoisted(rec):
     """The split the sequential loop makes of the step (``hoist.split_step`` of output 0, the
     float state, as ``solvers.sequential`` sees it), or None when it keeps the step whole."""
     split = split_step(rec.step_jaxpr, 1, n_outputs=1)
-    if split is None:
-        return None
-    inputs = sum(int(np.prod(v.aval.shape, dtype=np.int64)) for v in rec.step_jaxpr.jaxpr.invars[1:])
-    return split if split.worthwhile(int(rec.size), inputs) else None
+    return split if split is not None and split.worthwhile() else None

@@ -15,7 +15,7 @@ from typing import ClassVar
 import jax.numpy as jnp
 import numpy as np
 
-from .base import HI, BlockView, Structure
+from .base import HI, BlockView, Structure, matmul
 
 __all__ = ["BlockDiagonal", "components", "block_index"]
 
@@ -165,7 +165,7 @@ class BlockDiagonal(Structure):
         return jnp.stack(cols, axis=-1)  # (m, b, b)
 
     def compose(self, a2, a1):
-        return jnp.einsum("kij,kjl->kil", a2, a1, precision=HI)
+        return matmul(a2, a1)  # (…, m, b, b) @ (…, m, b, b), per block
 
     def matvec(self, a, v):
         blocks = jnp.einsum("kij,kj->ki", a, self._gather(v), precision=HI)

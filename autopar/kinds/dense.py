@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .base import HI, BlockView, Structure
+from .base import HI, BlockView, Structure, matmul
 
 __all__ = ["Dense"]
 
@@ -35,7 +35,7 @@ class Dense(Structure):
         return jax.vmap(jvp, out_axes=1)(eye)
 
     def compose(self, a2, a1):
-        return jnp.matmul(a2, a1, precision=HI)
+        return matmul(a2, a1)
 
     def matvec(self, a, v):
         return jnp.matmul(a, v, precision=HI)

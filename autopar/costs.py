@@ -11,6 +11,8 @@ constant              meaning (measured by ``autopar.calibrate``)
 ``level_overhead``    fixed seconds of one level of ``lax.associative_scan``
 ``scan_elem_time``    seconds per stored float per step of an associative scan (its memory traffic)
 ``bytes_per_s``       streaming memory bandwidth
+``loop_bytes_per_s``  bandwidth of a sequential loop's per-step slices (x_t, residuals in; the
+                      state out): one small strided copy each, far below ``bytes_per_s`` on a CPU
 ``op_overhead``       fixed seconds of each non-fusable op (dot, reduction, gather) in a scan step
 ``complex_op_factor`` how much dearer such an op is on complex operands (XLA:CPU: ~6×)
 ``parallel_overhead`` fixed seconds of a parallel program beyond its scan (extraction, glue)
@@ -61,6 +63,8 @@ __all__ = [
     "default_memory_budget",
     "step_flops",
     "step_ops",
+    "loop_thunk_ops",
+    "loop_bandwidth",
     "tangent_flops",
     "TRANSCENDENTAL_FLOPS",
 ]
@@ -82,6 +86,7 @@ class BackendConstants:
     vjp_eqn_time: float = 1.5e-9  # s per equation of the step's state-VJP in a reverse lax.scan
     cache_bytes: float = 32 * 2**20  # working set of a parallel program that stays in cache
     scan_miss_time: float = 0.0  # extra s per stored float per step of a scan whose working set exceeds the cache
+    loop_bytes_per_s: float = 0.0  # B/s of a sequential loop's per-step slices in and out (0: bytes_per_s)
     source: str = "default"  # "default", "calibrated <date>", "set_constants"
 
     def replace(self, **kw) -> "BackendConstants":
@@ -107,6 +112,10 @@ DEFAULTS = {
                             # of scan working set) than at T = 4096 (≈ 13 MiB), while the diagonal
                             # SSM's at T = 65536 (≈ 25 MiB) still ran at the in-cache rate.
                             cache_bytes=32 * 2**20, scan_miss_time=2.5e-9,
+                            # loop_bytes_per_s: lax.scan of a·h + x at D = 256 returning the states,
+                            # 0.8–1.1 ns per float sliced in or written out (3.5e9 and 5.0e9 B/s in
+                            # two runs, 2-core EPYC, JAX 0.10.2)
+                            loop_bytes_per_s=4.0e9,
                             source="default (2-core CPU, AMD EPYC)"),
     # Not measured (no GPU available): published orders of magnitude for a data-centre GPU.
     # A sequential step is at least one kernel launch (~5 µs); vectorised work runs at tens of
@@ -114,11 +123,11 @@ DEFAULTS = {
     "gpu": BackendConstants(step_overhead=5e-6, seq_flops=1.0e10, par_flops=2.0e13, level_overhead=1.5e-5,
                             bytes_per_s=2.0e12, scan_elem_time=1.0e-11, op_overhead=5e-6, complex_op_factor=1.0,
                             parallel_overhead=5e-5, vjp_eqn_time=1e-6, cache_bytes=40 * 2**20,
-                            scan_miss_time=0.0, source="default (published GPU orders)"),
+                            scan_miss_time=0.0, loop_bytes_per_s=2.0e11, source="default (published GPU orders)"),
     "tpu": BackendConstants(step_overhead=5e-6, seq_flops=1.0e10, par_flops=5.0e13, level_overhead=1.5e-5,
                             bytes_per_s=1.0e12, scan_elem_time=2.0e-11, op_overhead=5e-6, complex_op_factor=1.0,
                             parallel_overhead=5e-5, vjp_eqn_time=1e-6, cache_bytes=32 * 2**20,
-                            scan_miss_time=0.0, source="default (published TPU orders)"),
+                            scan_miss_time=0.0, loop_bytes_per_s=1.0e11, source="default (published TPU orders)"),
 }
 
 _OVERRIDES: dict[str, BackendConstants] = {}
@@ -126,6 +135,11 @@ _LOADED: dict[tuple[str, str], BackendConstants | None] = {}
 
 
 # ---- cache --------------------------------------------------------------------------
+def loop_bandwidth(K: BackendConstants) -> float:
+    """``K.loop_bytes_per_s``, or ``K.bytes_per_s`` for constants that predate it (0)."""
+    return K.loop_bytes_per_s if K.loop_bytes_per_s > 0 else K.bytes_per_s
+
+
 def cache_dir() -> Path:
     """Where calibrations are cached: $AUTOPAR_CACHE_DIR, else $XDG_CACHE_HOME/autopar, else ~/.cache/autopar."""
     if os.environ.get("AUTOPAR_CACHE_DIR"):
@@ -392,6 +406,42 @@ def step_ops(jaxpr) -> tuple[float, float]:
         else:
             real += 1
     return real, cplx
+
+
+#: Reductions, which XLA:CPU ends a loop fusion with (their consumers start another).
+_REDUCTIONS = frozenset({"reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or",
+                         "reduce_xor", "argmax", "argmin", "cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp"})
+
+
+def loop_thunk_ops(jaxpr) -> int:
+    """Thunks one step's ops add to an XLA:CPU loop body, whatever their size (``step_ops`` prices
+    only the big ones): 2 per matrix product — a ``dot_general`` with a contraction of length ≥ 2
+    and ≥ 2 outputs runs as a ``dot`` thunk of its own, and the fusion after it another (a
+    vector·vector dot or a length-1 contraction is rewritten as a fused multiply / reduce) — and 1
+    per reduction. The compiled body also holds ~``LOOP_BASE_THUNKS`` of its own (measured, JAX
+    0.10.2: a DeltaNet step with three 4×4 matvecs and a norm compiles to 11 thunks, a D = 2
+    SSM's with one 2×2 matvec to 6)."""
+    n = 0
+    jp = jaxpr.jaxpr if isinstance(jaxpr, _compat.ClosedJaxpr) else jaxpr
+    for eqn in jp.eqns:
+        sub = _compat.call_subjaxpr(eqn)
+        if sub is not None:
+            n += loop_thunk_ops(sub)
+        elif eqn.primitive.name == "dot_general":
+            (lc, _), _ = eqn.params["dimension_numbers"]
+            k = int(np.prod([eqn.invars[0].aval.shape[d] for d in lc], dtype=np.int64))
+            n += 2 * int(k >= 2 and _out_size(eqn) >= 2)
+        elif eqn.primitive.name in _REDUCTIONS:
+            n += 1
+        else:
+            for sub_j in _compat.jaxprs_in_params(eqn.params):
+                n += loop_thunk_ops(sub_j)
+    return n
+
+
+#: Thunks of a compiled loop body besides its ops' (``loop_thunk_ops``): the counter's copy and
+#: increment, the step's fusion and the write of its output.
+LOOP_BASE_THUNKS = 4
 
 
 def count_eqns(jaxpr) -> int:

@@ -22,10 +22,14 @@ The values are the same equations on the same operands; XLA may fuse them differ
 trajectory can differ from the unsplit loop's by rounding.
 
 ``worthwhile``: the split is used only when the outer, batched part holds at least one
-non-fusable kernel (``costs.step_ops``: elementwise work fuses into the loop body and costs
-little there) and the residuals a step reads are no more than ``RESIDUAL_FACTOR`` × (state +
-input) floats plus ``RESIDUAL_SLACK`` (an x-dependent dense transition, D² floats a step, is
-left in the loop: storing it for all T would cost more memory than the loop saves).
+non-fusable kernel (``costs.step_ops``; elementwise work fuses into the loop body and costs
+little there), or a small matrix product or reduction (``costs.loop_thunk_ops``: XLA:CPU runs even a 4×4
+matvec as a thunk of its own) when the whole step would run past ``THUNK_LIMIT`` thunks (``loop_thunks``):
+a small DeltaNet's reverse adjoint loop, 829 → 114 ns a step moved out, while a D = 2 SSM's
+one 2×2 matvec is cheaper left in (11 vs 34 ns a step). And only when the residuals a step
+reads are no more than ``RESIDUAL_FACTOR`` × (state + input) floats plus ``RESIDUAL_SLACK`` (an
+x-dependent dense transition, D² floats a step, is left in the loop: storing it for all T would
+cost more memory than the loop saves).
 """
 
 from __future__ import annotations
@@ -38,11 +42,14 @@ import numpy as np
 
 from . import _compat, costs
 
-__all__ = ["Split", "split_step", "hoisted", "RESIDUAL_FACTOR", "RESIDUAL_SLACK"]
+__all__ = ["Split", "split_step", "hoisted", "RESIDUAL_FACTOR", "RESIDUAL_SLACK", "THUNK_LIMIT"]
 
 #: The residuals a step may read, as a multiple of its state + input floats (plus the slack).
 RESIDUAL_FACTOR = 4
 RESIDUAL_SLACK = 64
+#: XLA:CPU's thunk executor runs a loop body in order up to this many thunks
+#: (``execute_sequential_num_thunks_threshold``), past it in a dataflow mode costing a few hundred ns a step.
+THUNK_LIMIT = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +61,8 @@ class Split:
     ``residual_floats``: elements of the batched residuals of one step; ``outer_ops`` /
     ``outer_flops`` the (real, complex) kernels and flops of the batched outer part;
     ``inner_ops`` / ``inner_flops`` those of the loop body; ``state_floats`` / ``input_floats``
-    the elements of the step's state and per-step inputs (its invars)."""
+    the elements of the step's state and per-step inputs (its invars); ``outer_thunk_ops`` /
+    ``inner_thunk_ops`` the loop-body thunks of each part's ops (``costs.loop_thunk_ops``)."""
 
     outer: Any
     inner: Any
@@ -66,15 +74,23 @@ class Split:
     inner_flops: float
     state_floats: int
     input_floats: int
+    outer_thunk_ops: int = 0
+    inner_thunk_ops: int = 0
 
     def worthwhile(self, extra_input_floats: int = 0) -> bool:
         """Whether the loop should use the split (see the module docstring); ``extra_input_floats``:
         per-step inputs the loop reads that this jaxpr does not take (a pricing trace of the
         adjoint's body has λ as its state, the loop also slices ḡ_t)."""
-        if sum(self.outer_ops) < 1:
+        if sum(self.outer_ops) < 1 and not (self.outer_thunk_ops >= 1 and self.loop_thunks() > THUNK_LIMIT):
             return False
         budget = RESIDUAL_FACTOR * (self.state_floats + self.input_floats + extra_input_floats) + RESIDUAL_SLACK
         return self.residual_floats <= budget
+
+
+    def loop_thunks(self) -> int:
+        """Thunks XLA:CPU would run per step for the whole step in a loop, roughly
+        (``costs.loop_thunk_ops``, ``costs.LOOP_BASE_THUNKS``)."""
+        return costs.LOOP_BASE_THUNKS + self.outer_thunk_ops + self.inner_thunk_ops
 
 
 def _size(aval) -> int:
@@ -131,7 +147,8 @@ def split_step(closed, n_state: int, n_outputs: int | None = None) -> Split | No
     return Split(outer, _compat.ClosedJaxpr(inner_jp, closed.consts), batched,
                  sum(_size(v.aval) for v, b in zip(residuals, batched) if b),
                  costs.step_ops(xpart), costs.step_flops(xpart), costs.step_ops(inner_jp), costs.step_flops(inner_jp),
-                 sum(_size(v.aval) for v in state_in), sum(_size(v.aval) for v in x_in))
+                 sum(_size(v.aval) for v in state_in), sum(_size(v.aval) for v in x_in), costs.loop_thunk_ops(xpart),
+                 costs.loop_thunk_ops(inner_jp))
 
 
 def hoisted(f: Callable, v0, xt) -> tuple[Callable, Any] | None:

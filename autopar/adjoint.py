@@ -40,6 +40,7 @@ from typing import Any, Callable, ClassVar
 import jax
 import jax.numpy as jnp
 
+from . import costs
 from .dtypes import zeros_cotangent
 from .registry import Registry
 from .solvers import get_solver, pricing, solver_names
@@ -233,25 +234,30 @@ class LinearAdjoint(Adjoint):
 
 #: How much dearer a non-fusable op (dot, reduction, …) of a step's VJP is in the reverse loop than
 #: a forward step's op (``K.op_overhead``): transposed matvecs, outer-product accumulations.
-VJP_OP_FACTOR = 3.6
-#: The reverse loop's own work per step (slicing v_{t−1}, x_t, ḡ_t, stacking λ_t), in ``op_overhead``s.
-REVERSE_LOOP_OPS = 0.4
-# Both: a weighted least-squares fit over 15 cells of the benchmark suite (2-core AMD EPYC, XLA:CPU,
-# T = 4096, gradient with the sequential adjoint minus the forward), vjp_eqn_time as calibrate() measures it.
+VJP_OP_FACTOR = 1.3
+#: The reverse loop's own work per step beyond its slices (priced at ``loop_bandwidth``), in ``op_overhead``s.
+REVERSE_LOOP_OPS = 0.1
+# Both: a least-squares fit (relative error) over the 16 cells of the benchmark suite (2-core AMD
+# EPYC, XLA:CPU, JAX 0.10.2, T = 4096, the reverse loop of ``SequentialAdjoint.transpose_solve``
+# timed alone, with its λ-independent part moved out of the loop by ``autopar.hoist``). The
+# earlier fit (3.6, 0.4) was made on loops that were not hoisted and ran past XLA:CPU's 8-thunk
+# in-order limit; it overpriced the hoisted loops 1.5–2.5× (dense GRU D = 4: 2.55×).
 
 
 def _sequential_cost(facts, rec, K) -> pricing.Prediction:
     """A reverse lax.scan whose body is one state-VJP of the step (λ ↦ J_tᵀ λ, primal recomputed:
     the facts ``vjp_ops`` / ``vjp_eqns`` / ``vjp_flops``; ``vjp_hoisted_flops``, the part the loop
     moves out, at ``par_flops``), priced as a forward step is, its ops at
-    ``VJP_OP_FACTOR``·``op_overhead`` and each equation at ``vjp_eqn_time``; then the cotangents of
+    ``VJP_OP_FACTOR``·``op_overhead``, each equation at ``vjp_eqn_time`` and its slices (ḡ_t and
+    the ``vjp_residual_floats`` in, λ_t out) at ``costs.loop_bandwidth``; then the cotangents of
     x and θ by one vmapped VJP of the step (≈ 2 evaluations at ``par_flops``) and its traffic."""
     T, D, isz, cplx, xb, const_floats = pricing.sizes(rec)
     fl = pricing.flops(facts, cplx)
     real, cx = facts.get("vjp_ops", (0.0, 0.0))
     ops = (VJP_OP_FACTOR * (real + K.complex_op_factor * cx) + REVERSE_LOOP_OPS) * K.op_overhead
+    slices = (2 * D + facts.get("vjp_residual_floats", D)) * isz
     body = (K.step_overhead + ops + facts.get("vjp_eqns", 0) * K.vjp_eqn_time * cplx
-            + facts.get("vjp_flops", 0.0) * cplx / K.seq_flops)
+            + facts.get("vjp_flops", 0.0) * cplx / K.seq_flops + slices / costs.loop_bandwidth(K))
     moved = facts.get("vjp_hoisted_flops", 0.0) * cplx  # the part of the loop body moved out of it
     rest = (2.0 * fl + moved + const_floats * cplx) / K.par_flops + (3 * D * isz + 2 * xb) / K.bytes_per_s
     return pricing.Prediction(T * (body + rest), 2.0 * T * D * isz + T * xb, 1.0, T * (3 * fl + const_floats),

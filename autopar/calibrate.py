@@ -6,6 +6,8 @@ steadiest estimate of a program's own cost on a shared machine):
 
 1. ``step_overhead`` — per-step time of ``lax.scan`` over ``h ← a·h + x`` with D = 1
    (all loop overhead, no work).
+   ``loop_bytes_per_s`` — the same loop at D = 256 returning its states: 2·D floats sliced in
+   and written out per step, net of ``step_overhead``.
 2. ``bytes_per_s`` — a streamed ``a·x + b`` over 2²² floats (3 arrays read/written).
 3. ``seq_flops`` — ``lax.scan`` over ``h ← tanh(W h + x)``, D = 64:
    step_flops / (per-step time − overhead).
@@ -201,6 +203,11 @@ def calibrate(backend: str | None = None, *, save: bool = True, repeats: int = 7
     T1 = 1 << 15
     step_overhead = _scan_per_step(lambda h, x: 0.5 * h + x, 1, T1, backend, repeats)
     log(f"step_overhead  {step_overhead:.3g} s")
+    # 1b. a loop's per-step slices: x_t in and the state out, D = 256
+    Dlb = 256
+    per_256 = _scan_per_step(lambda h, x: 0.5 * h + x, Dlb, 1 << 12, backend, repeats)
+    loop_bytes_per_s = 2 * Dlb * 4 / max(per_256 - step_overhead, 1e-12)
+    log(f"loop_bytes_per_s {loop_bytes_per_s:.3g} B/s")
 
     # 2. streaming bandwidth
     n = 1 << 21
@@ -283,7 +290,7 @@ def calibrate(backend: str | None = None, *, save: bool = True, repeats: int = 7
         op_overhead=float(op_overhead), complex_op_factor=float(complex_op_factor),
         parallel_overhead=float(parallel_overhead), vjp_eqn_time=float(vjp_eqn_time),
         cache_bytes=float(cache_bytes), scan_miss_time=float(scan_miss_time),
-        source=f"calibrated {stamp} on {costs.device_key(backend)}",
+        loop_bytes_per_s=float(loop_bytes_per_s), source=f"calibrated {stamp} on {costs.device_key(backend)}",
     )
     if save:
         path = costs.save_cached(backend, out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from autopar.costs import count_eqns, step_flops, step_ops, tangent_flops, vjp_step
 from autopar.hoist import split_step
 
@@ -22,26 +24,30 @@ class CostPass(Pass):
 
     name = "cost"
     provides = ("step_flops", "step_ops", "vjp_eqns", "vjp_ops", "vjp_flops", "tangent_flops", "hoisted",
-                "vjp_hoisted_flops")
+                "vjp_hoisted_flops", "vjp_residual_floats")
 
     def run(self, rec, facts):
         try:
-            n_vjp, vjp_ops, vjp_fl, vjp_out = _vjp_loop(rec) if rec.size else (0, (0.0, 0.0), 0.0, 0.0)
+            n_vjp, vjp_ops, vjp_fl, vjp_out, vjp_res = _vjp_loop(rec) if rec.size else (0, (0.0, 0.0), 0.0, 0.0, 0)
         except Exception:  # noqa: BLE001 - a cell JAX cannot differentiate: no gradient to price
-            n_vjp, vjp_ops, vjp_fl, vjp_out = 0, (0.0, 0.0), 0.0, 0.0
+            n_vjp, vjp_ops, vjp_fl, vjp_out, vjp_res = 0, (0.0, 0.0), 0.0, 0.0, 0
         return {"step_flops": max(step_flops(rec.step_jaxpr), 1.0), "step_ops": step_ops(rec.step_jaxpr),
                 "vjp_eqns": n_vjp, "vjp_ops": vjp_ops, "vjp_flops": vjp_fl, "vjp_hoisted_flops": vjp_out,
+                "vjp_residual_floats": vjp_res,
                 "tangent_flops": tangent_flops(rec.step_jaxpr), "hoisted": _hoisted(rec)}
 
 
 def _vjp_loop(rec):
-    """(equations, ops, flops) of the sequential adjoint's loop body, and the flops it moves out
-    (``autopar.hoist``, as ``SequentialAdjoint`` runs it: inputs ḡ_t, v_{t−1}, x_t)."""
+    """(equations, ops, flops) of the sequential adjoint's loop body, the flops it moves out and
+    the residual floats a step then reads (``autopar.hoist``, as ``SequentialAdjoint`` runs it:
+    inputs ḡ_t, v_{t−1}, x_t; without a split it reads v_{t−1} and x_t)."""
     closed = vjp_step(rec)
     split = split_step(closed, 1)
     if split is not None and split.worthwhile(extra_input_floats=int(rec.size)):  # the loop also slices ḡ_t
-        return count_eqns(split.inner), split.inner_ops, split.inner_flops, split.outer_flops
-    return count_eqns(closed), step_ops(closed), step_flops(closed), 0.0
+        return (count_eqns(split.inner), split.inner_ops, split.inner_flops, split.outer_flops,
+                split.residual_floats)
+    per_step = sum(int(np.prod(v.aval.shape, dtype=np.int64)) for v in closed.jaxpr.invars[1:])  # v_{t−1}, x_t
+    return count_eqns(closed), step_ops(closed), step_flops(closed), 0.0, per_step
 
 
 def _hoisted(rec):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import jax
 
-from autopar import hoist
+from autopar import costs, hoist
 
 from . import pricing
 from .base import Problem, Solver, converged_stats, register_solver
@@ -56,21 +56,23 @@ class Sequential(Solver):
         return True, "always exact"
 
     def cost(self, facts, rec, K):
-        """T dependent steps, each ``pricing.seq_step_ops`` + its flops at ``K.seq_flops`` + its traffic.
+        """T dependent steps, each ``pricing.seq_step_ops`` + its flops at ``K.seq_flops`` + its
+        slices (x_t in, v_t out) at ``costs.loop_bandwidth``.
 
         With ``facts["hoisted"]`` (``autopar.hoist``) the loop runs the state-dependent part only,
         reading its residuals, and the rest is one vectorised pass over T at ``K.par_flops``."""
         T, D, isz, cplx, xb, _ = pricing.sizes(rec)
         split = facts.get("hoisted")
+        loop_bw = costs.loop_bandwidth(K)
         if split is None:
             fl = pricing.flops(facts, cplx)
             t = T * (K.step_overhead + pricing.seq_step_ops(facts, rec, K) + fl / K.seq_flops
-                     + (D * isz + xb) / K.bytes_per_s)
+                     + (D * isz + xb) / loop_bw)
             return pricing.Prediction(t, T * D * isz, 1.0, T * fl, float(T))
         real, cx = split.inner_ops
         rb = split.residual_floats * isz
         loop = (K.step_overhead + (real + K.complex_op_factor * cx) * K.op_overhead
-                + split.inner_flops * cplx / K.seq_flops + (D * isz + rb) / K.bytes_per_s)
+                + split.inner_flops * cplx / K.seq_flops + (D * isz + rb) / loop_bw)
         outer = split.outer_flops * cplx / K.par_flops + (xb + rb) / K.bytes_per_s
         fl = (split.inner_flops + split.outer_flops) * cplx
         return pricing.Prediction(T * (loop + outer), T * (D * isz + rb), 1.0, T * fl, float(T))

@@ -157,3 +157,40 @@ def test_planner_prices_the_hoisted_loop():
     assert split is not None and sum(split.outer_ops) == 3 and sum(split.inner_ops) == 0
     elementwise = autopar.parallelize(lambda h, x: jnp.tanh(h) * x).explain(jnp.zeros(4), _xs(64, 4))
     assert elementwise.facts["hoisted"] is None
+
+
+def _small_deltanet():
+    """d = 4 DeltaNet: its x-only projections are 4 × 4 matvecs (under step_ops' kernel size)."""
+    d = 4
+    Wk, Wv = (jnp.asarray(rng.standard_normal((d, d)) / 2, jnp.float32) for _ in range(2))
+    wb = jnp.asarray(rng.standard_normal(d) / 2, jnp.float32)
+
+    def cell(S, x):
+        k = x @ Wk
+        k = k / (jnp.linalg.norm(k) + 1e-6)
+        beta = jax.nn.sigmoid(x @ wb)
+        return S - beta * jnp.outer(S @ k - x @ Wv, k)
+
+    return cell, jnp.zeros((d, d), jnp.float32), d
+
+
+def test_small_matvecs_move_out_only_past_the_thunk_limit():
+    """Small matvecs are moved out when the whole step would compile past THUNK_LIMIT thunks
+    (the small DeltaNet, forward and its adjoint's reverse loop); a D = 2 SSM's one 2 × 2 matvec
+    stays in the loop. Values and gradients stay lax.scan's."""
+    cell, S0, d = _small_deltanet()
+    xs = _xs(37, d)
+    report = autopar.parallelize(cell, solver="sequential").explain(S0, xs)
+    split = report.facts["hoisted"]
+    assert split is not None and sum(split.outer_ops) == 0 and split.outer_thunk_ops >= 1
+    assert split.loop_thunks() > hoist.THUNK_LIMIT
+    assert report.facts["vjp_hoisted_flops"] > 0  # the reverse loop is split too
+    fn = autopar.parallelize(cell, solver="sequential", backward="sequential")
+    assert_trees_close(fn(S0, xs), scan_states(cell, S0, xs))
+    loss = lambda g: lambda S, x: jnp.sum(jnp.sin(g(S, x)))  # noqa: E731
+    assert_trees_close(jax.grad(loss(fn), (0, 1))(S0 + 0.1, xs),
+                       jax.grad(loss(lambda S, x: scan_states(cell, S, x)), (0, 1))(S0 + 0.1, xs), rtol=1e-4)
+
+    W = jnp.asarray(rng.standard_normal((2, 2)), jnp.float32)
+    ssm2 = lambda h, x: 0.9 * h + x @ W  # noqa: E731
+    assert hoist.hoisted(ssm2, jnp.zeros(2, jnp.float32), _xs(9, 2)) is None

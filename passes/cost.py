@@ -46,7 +46,9 @@ def _vjp_loop(rec):
     if split is not None and split.worthwhile(extra_input_floats=int(rec.size)):  # the loop also slices ḡ_t
         return (count_eqns(split.inner), split.inner_ops, split.inner_flops, split.outer_flops,
                 split.residual_floats)
-    per_step = sum(int(np.prod(v.aval.shape, dtype=np.int64)) for v in closed.jaxpr.invars[1:])  # v_{t−1}, x_t
+    jp = closed.jaxpr  # the loop slices only the inputs the body reads (v_{t−1}, x_t; XLA drops the rest)
+    read = {id(v) for e in jp.eqns for v in e.invars} | {id(v) for v in jp.outvars}
+    per_step = sum(int(np.prod(v.aval.shape, dtype=np.int64)) for v in jp.invars[1:] if id(v) in read)
     return count_eqns(closed), step_ops(closed), step_flops(closed), 0.0, per_step
 
 

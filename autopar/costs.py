@@ -344,11 +344,15 @@ def _out_size(eqn) -> int:
     return sum(int(np.prod(v.aval.shape, dtype=np.int64)) for v in eqn.outvars if hasattr(v.aval, "shape"))
 
 
+def _contraction(eqn) -> int:
+    """The contracted length of a dot_general (1 for an outer product)."""
+    (lc, _), _ = eqn.params["dimension_numbers"]
+    return int(np.prod([eqn.invars[0].aval.shape[d] for d in lc], dtype=np.int64))
+
+
 def _dot_flops(eqn) -> float:
     """2 · (output elements) · (contracted size) of a dot_general."""
-    (lc, _), _ = eqn.params["dimension_numbers"]
-    k = int(np.prod([eqn.invars[0].aval.shape[d] for d in lc], dtype=np.int64))
-    return 2.0 * _out_size(eqn) * max(k, 1)
+    return 2.0 * _out_size(eqn) * max(_contraction(eqn), 1)
 
 
 #: Smaller ops are fused or inlined by XLA (a 4×4 matvec, a sum of 16 numbers) and cost
@@ -370,10 +374,7 @@ def _is_kernel(eqn) -> bool:
         return False
     sizes = [int(np.prod(a.aval.shape, dtype=np.int64)) for a in eqn.invars if hasattr(a.aval, "shape")]
     if name == "dot_general":
-        (lc, _), _ = eqn.params["dimension_numbers"]
-        k = int(np.prod([eqn.invars[0].aval.shape[d] for d in lc], dtype=np.int64))
-        out = sum(int(np.prod(v.aval.shape, dtype=np.int64)) for v in eqn.outvars)
-        return 2 * out * max(k, 1) >= KERNEL_MIN_FLOPS
+        return _dot_flops(eqn) >= KERNEL_MIN_FLOPS
     return max(sizes or [0]) >= KERNEL_MIN_ELEMS
 
 
@@ -428,9 +429,7 @@ def loop_thunk_ops(jaxpr) -> int:
         if sub is not None:
             n += loop_thunk_ops(sub)
         elif eqn.primitive.name == "dot_general":
-            (lc, _), _ = eqn.params["dimension_numbers"]
-            k = int(np.prod([eqn.invars[0].aval.shape[d] for d in lc], dtype=np.int64))
-            n += 2 * int(k >= 2 and _out_size(eqn) >= 2)
+            n += 2 * int(_contraction(eqn) >= 2 and _out_size(eqn) >= 2)
         elif eqn.primitive.name in _REDUCTIONS:
             n += 1
         else:

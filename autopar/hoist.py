@@ -23,13 +23,13 @@ trajectory can differ from the unsplit loop's by rounding.
 
 ``worthwhile``: the split is used only when the outer, batched part holds at least one
 non-fusable kernel (``costs.step_ops``; elementwise work fuses into the loop body and costs
-little there), or a small matrix product or reduction (``costs.loop_thunk_ops``: XLA:CPU runs even a 4×4
-matvec as a thunk of its own) when the whole step would run past ``THUNK_LIMIT`` thunks (``loop_thunks``):
-a small DeltaNet's reverse adjoint loop, 829 → 114 ns a step moved out, while a D = 2 SSM's
-one 2×2 matvec is cheaper left in (11 vs 34 ns a step). And only when the residuals a step
-reads are no more than ``RESIDUAL_FACTOR`` × (state + input) floats plus ``RESIDUAL_SLACK`` (an
-x-dependent dense transition, D² floats a step, is left in the loop: storing it for all T would
-cost more memory than the loop saves).
+little there), or a small matrix product or reduction (``costs.loop_thunk_ops``: XLA:CPU runs
+even a 4×4 matvec as a thunk of its own) when the whole step would run past ``THUNK_LIMIT``
+thunks (``Split.loop_thunks``): a small DeltaNet's reverse adjoint loop, 817 → 102 ns a step
+moved out, while a D = 2 SSM's one 2×2 matvec is cheaper left in (11 vs 34 ns a step). And
+only when the residuals a step reads are no more than ``RESIDUAL_FACTOR`` × (state + input)
+floats plus ``RESIDUAL_SLACK`` (an x-dependent dense transition, D² floats a step, is left in
+the loop: storing it for all T would cost more memory than the loop saves).
 """
 
 from __future__ import annotations
@@ -81,11 +81,12 @@ class Split:
         """Whether the loop should use the split (see the module docstring); ``extra_input_floats``:
         per-step inputs the loop reads that this jaxpr does not take (a pricing trace of the
         adjoint's body has λ as its state, the loop also slices ḡ_t)."""
-        if sum(self.outer_ops) < 1 and not (self.outer_thunk_ops >= 1 and self.loop_thunks() > THUNK_LIMIT):
+        moves_a_kernel = sum(self.outer_ops) >= 1
+        leaves_the_dataflow_mode = self.outer_thunk_ops >= 1 and self.loop_thunks() > THUNK_LIMIT
+        if not (moves_a_kernel or leaves_the_dataflow_mode):
             return False
         budget = RESIDUAL_FACTOR * (self.state_floats + self.input_floats + extra_input_floats) + RESIDUAL_SLACK
         return self.residual_floats <= budget
-
 
     def loop_thunks(self) -> int:
         """Thunks XLA:CPU would run per step for the whole step in a loop, roughly

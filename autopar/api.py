@@ -236,13 +236,17 @@ class Parallelized:
         explicit, differentiable arguments. Like lax.scan, the trace is cached per input
         signature; it is redone whenever the cached closed-over values were tracers of an outer
         transformation (jax.grad / vmap / jit), which must never be reused once that trace ends."""
+        try:  # a signature seen before passed validation: same leaves, shapes and length
+            sig = (_call_signature(h0, xs, length), self._settings()[2])
+            hit = self._traces.get(sig)
+        except (AttributeError, TypeError):  # a leaf that is not an array: validation says what
+            hit = None
+        if hit is not None:
+            return (sig, *hit)
         validate_leaves(h0, "h0")
         validate_leaves(xs, "xs")
         trace.xs_length(xs, length)
         sig = (_call_signature(h0, xs, length), self._settings()[2])
-        hit = self._traces.get(sig)
-        if hit is not None:
-            return (sig, *hit)
         rec, facts, p = self._prepare(h0, xs, length)
         # a small static key for the jit cache: one id per distinct program. The folded constants'
         # digest is part of it: a re-trace that closed over other index arrays was re-analysed and
@@ -639,7 +643,7 @@ def _call_signature(h0, xs, length) -> tuple:
     def leaf_key(x):
         if isinstance(x, (bool, int, float, complex)):
             return type(x).__name__
-        return (tuple(np.shape(x)), str(x.dtype), bool(getattr(x, "weak_type", False)))
+        return (tuple(x.shape), x.dtype, bool(getattr(x, "weak_type", False)))
 
     hl, ht = jax.tree_util.tree_flatten(h0)
     xl, xt = jax.tree_util.tree_flatten(xs)

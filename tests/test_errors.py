@@ -67,6 +67,21 @@ def test_non_array_leaf():
         fn((jnp.zeros(2), "abc"), jnp.zeros((3, 2)))
 
 
+def test_bad_calls_after_a_good_one_are_still_validated():
+    """A call at a signature seen before skips validation (the eager fast path); any other call,
+    a bad one included, is validated as the first was."""
+    fn = autopar.parallelize(lambda h, x: 0.5 * h + x["a"])
+    good = {"a": jnp.ones((3, 2)), "b": jnp.zeros((3,))}
+    fn(jnp.zeros(2), good)
+    assert fn(jnp.zeros(2), good).shape == (3, 2)
+    with pytest.raises(TypeError, match=r"`xs\['b'\]` is a str"):
+        fn(jnp.zeros(2), {"a": jnp.ones((3, 2)), "b": "abc"})
+    with pytest.raises(ValueError, match=r"same leading \(time\) length"):
+        fn(jnp.zeros(2), {"a": jnp.ones((3, 2)), "b": jnp.zeros((4,))})
+    with pytest.raises(ValueError, match="disagrees"):
+        fn(jnp.zeros(2), good, length=4)
+
+
 def test_length_disagrees():
     fn = autopar.parallelize(lambda h, x: h)
     with pytest.raises(ValueError, match="disagrees"):

@@ -90,30 +90,39 @@ class PassManager:
         return cls(registered_passes())
 
     def ordered(self) -> list[Pass]:
-        import networkx as nx
+        """The passes in dependency order; among passes free to run, the one registered first.
+        (A stdlib Kahn sort: importing networkx for this cost ~0.17 s of every first call.)"""
+        import heapq
 
         provider: dict[str, str] = {}
         for p in self.passes:
             for f in p.provides:
                 provider.setdefault(f, p.name)
-        g = nx.DiGraph()
+        rank = {p.name: k for k, p in enumerate(self.passes)}
+        after: dict[str, set[str]] = {p.name: set() for p in self.passes}  # edges provider -> user
         for p in self.passes:
-            g.add_node(p.name)
-            for req in p.requires:
-                if req not in provider:
-                    raise PassError(f"pass {p.name!r} requires fact {req!r}, which no registered pass provides.")
-                if provider[req] != p.name:
-                    g.add_edge(provider[req], p.name)
-            for ref in p.refines:
-                if ref not in provider:
-                    raise PassError(f"pass {p.name!r} refines fact {ref!r}, which no registered pass provides.")
-                if provider[ref] != p.name:
-                    g.add_edge(provider[ref], p.name)
-        try:
-            order = list(nx.lexicographical_topological_sort(g, key=lambda n: [q.name for q in self.passes].index(n)))
-        except nx.NetworkXUnfeasible:
-            cycle = nx.find_cycle(g)
-            raise PassError(f"passes depend on each other in a cycle: {cycle}") from None
+            for what, facts in (("requires", p.requires), ("refines", p.refines)):
+                for fact in facts:
+                    if fact not in provider:
+                        raise PassError(f"pass {p.name!r} {what} fact {fact!r}, which no registered pass provides.")
+                    if provider[fact] != p.name:
+                        after[provider[fact]].add(p.name)
+        waiting = {n: 0 for n in after}
+        for users in after.values():
+            for u in users:
+                waiting[u] += 1
+        ready = [(rank[n], n) for n, k in waiting.items() if k == 0]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            _, n = heapq.heappop(ready)
+            order.append(n)
+            for u in after[n]:
+                waiting[u] -= 1
+                if waiting[u] == 0:
+                    heapq.heappush(ready, (rank[u], u))
+        if len(order) < len(after):
+            raise PassError(f"passes depend on each other in a cycle: {_cycle(after, set(after) - set(order))}")
         by_name = {p.name: p for p in self.passes}
         return [by_name[n] for n in order]
 
@@ -147,3 +156,13 @@ def _check_declared(p: Pass, new: dict) -> None:
 
 def iter_names(passes: Iterable[Pass]) -> list[str]:
     return [p.name for p in passes]
+
+
+def _cycle(after: dict[str, set[str]], stuck: set[str]) -> list[tuple[str, str]]:
+    """One cycle among the passes ``stuck`` (each has a predecessor among them), as edges."""
+    n, seen = min(stuck), []
+    while n not in seen:
+        seen.append(n)
+        n = min(m for m in stuck if n in after[m])  # a predecessor of n that is stuck too
+    loop = seen[seen.index(n):][::-1]
+    return [(a, b) for a, b in zip(loop, loop[1:] + loop[:1])]

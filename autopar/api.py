@@ -364,7 +364,7 @@ class Parallelized:
                 hs, info = self._jitted(consts, h0, xs, init, **kw)
             if return_info:
                 if side_effects(self._programs[key][0].step_jaxpr):  # exact (lax.scan); never re-run effects
-                    res = jnp.zeros((), jnp.float32)
+                    res = emit.nonfinite_residual(hs)
                 else:
                     res = self._residual_jitted(consts, h0, xs, hs, key=key, reverse=bool(reverse))
                 info = info.with_residual(res)

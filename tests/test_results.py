@@ -2,7 +2,8 @@
 
 The Newton driver (``autopar.solvers.newton``) stops a stage on tolerance, on ``max_iters``, on a
 non-finite iterate or residual, or on a residual past the divergence limit; the chain turns a
-later stage's success into ``fell_back``; ``emit.build`` marks any non-finite trajectory.
+later stage's success into ``fell_back``; ``Info.with_residual`` (``return_info=True``) marks any
+non-finite trajectory, whatever the solver.
 ``lax.scan`` is the oracle throughout. Small T and D: the file compiles a handful of programs.
 """
 
@@ -74,6 +75,32 @@ def test_nan_inputs_are_nonfinite():
     # Newton stops at its first iterate: f(V⁰) is already NaN, no iteration is spent
     _, info = autopar.parallelize(tanh_cell, solver="deer", fallback=False)(H0, xs, return_info=True)
     assert info.outcome is Result.nonfinite and int(info.iterations) == 0
+
+
+def test_nonfinite_trajectories_of_exact_solvers_are_never_converged():
+    """The solve does not scan its trajectory for NaN / inf (a cost every call would pay);
+    ``return_info`` judges it: eagerly, under jit and for a step with effects (never re-run)."""
+    def affine(h, x):
+        return 0.5 * h + x
+
+    xs = XS.at[4, 1].set(jnp.nan)
+    for solver in ("sequential", "linear"):
+        fn = autopar.parallelize(affine, solver=solver)
+        for call in (fn, jax.jit(lambda h0, xs, fn=fn: fn(h0, xs, return_info=True))):
+            _, info = call(H0, xs) if call is not fn else call(H0, xs, return_info=True)
+            assert info.outcome is Result.nonfinite and not bool(info.converged), (solver, call)
+            _, info = call(H0, XS) if call is not fn else call(H0, XS, return_info=True)
+            assert info.outcome is Result.converged and bool(info.converged), (solver, call)
+
+    def noisy(h, x):  # a step with effects: solved by one lax.scan, never re-run to check it
+        jax.debug.callback(lambda: None)
+        return 0.5 * h + x
+
+    fn = autopar.parallelize(noisy)
+    _, info = fn(H0, xs, return_info=True)
+    assert info.outcome is Result.nonfinite and not bool(info.converged) and np.isinf(float(info.residual))
+    _, info = fn(H0, XS, return_info=True)
+    assert info.outcome is Result.converged and float(info.residual) == 0.0
 
 
 def test_overflowing_cell_is_nonfinite_or_diverged():

@@ -264,8 +264,10 @@ class Parallelized:
         # ``consts`` (the cell's closed-over arrays, traced afresh by the caller) are explicit
         # arguments: the jitted program never captures them, so a later call with new closed-over
         # values (or tracers of an outer jax.grad/vmap) cannot reuse stale ones.
-        # One program per signature: ``return_info`` only decides what the caller returns, and the
-        # residual (a check of the returned trajectory) is a separate, small program.
+        # One program per signature: ``return_info`` only decides what the caller returns (the
+        # program's Info is packed into two outputs, ``emit.pack``: a call that discards it pays
+        # next to nothing for it), and the residual (a check of the returned trajectory) is a
+        # separate, small program.
         if reverse:
             xs = jax.tree_util.tree_map(lambda a: jnp.flip(a, 0), xs)
         rec, facts, p = self._programs[key]
@@ -288,7 +290,7 @@ class Parallelized:
         if reverse:
             leaves = [jnp.flip(l, 0) for l in leaves]
         hs = jax.tree_util.tree_unflatten(rec.layout.treedef, leaves)
-        return hs, info
+        return hs, emit.pack(info)
 
     def _residual(self, consts, h0, xs, hs, key, reverse=False):
         """``emit.residual`` of a returned trajectory (a program of its own; see ``emit.residual``)."""
@@ -361,7 +363,8 @@ class Parallelized:
                 hs, info = self._lazy_call(sig, consts, h0, xs, init, kw)
             else:
                 self._log_compile(sig, consts, h0, xs, init, kw)
-                hs, info = self._jitted(consts, h0, xs, init, **kw)
+                hs, packed = self._jitted(consts, h0, xs, init, **kw)
+                info = emit.unpack(packed) if return_info else None
             if return_info:
                 if side_effects(self._programs[key][0].step_jaxpr):  # exact (lax.scan); never re-run effects
                     res = emit.nonfinite_residual(hs)
@@ -394,12 +397,14 @@ class Parallelized:
         first = dict(kw, chain="first")
         self._log_compile(sig, consts, h0, xs, init, first)
         hs, info = self._jitted(consts, h0, xs, init, **first)
+        info = emit.unpack(info)
         if int(info.result) == Result.converged:
             return hs, info
         start = hs if all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(hs)) else init
         rest = dict(kw, chain="rest")
         self._log_compile(sig, consts, h0, xs, start, rest)
         hs, more = self._jitted(consts, h0, xs, start, **rest)
+        more = emit.unpack(more)
         h1 = info.history[: int(jnp.sum(~jnp.isnan(info.history)))]
         return hs, dataclasses.replace(more, iterations=info.iterations + more.iterations,
                                        history=jnp.concatenate([h1, more.history]))
@@ -1133,7 +1138,7 @@ class _ScanTrace:
         cell_consts = [args[i] for i in self.cell_idx]
         hs, info = fn._jitted(cell_consts, init, xs, None, key=self.key, length=length, reverse=reverse)
         if return_info:
-            info = info.with_residual(fn._residual_jitted(cell_consts, init, xs, hs, key=self.key, reverse=reverse))
+            info = emit.unpack(info).with_residual(fn._residual_jitted(cell_consts, init, xs, hs, key=self.key, reverse=reverse))
         return self._post(args, init, xs, hs, reverse=reverse), info
 
     def _exact_info(self, length, xs):

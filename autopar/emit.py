@@ -28,7 +28,7 @@ from .solvers import Problem, get_solver
 from .solvers.linear import proven_residual
 from .solvers.result import Result
 
-__all__ = ["Info", "build", "residual", "nonfinite_residual"]
+__all__ = ["Info", "PackedInfo", "build", "pack", "unpack", "residual", "nonfinite_residual"]
 
 
 @jax.tree_util.register_dataclass
@@ -196,6 +196,42 @@ def build(rec, plan: Plan) -> Callable:
         return leaves, info
 
     return run
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class PackedInfo:
+    """A program's `Info` as two outputs (``pack``): int32 ``codes`` ``[solver_index, iterations,
+    converged, result]`` on the last axis, and ``history``; the static fields ride in the treedef.
+    Each output of a program is a buffer and a thunk of its own: Info's five scalars took an eager
+    CPU call past XLA:CPU's 8-thunk limit for in-order execution (dense GRU D = 16, T = 8, under
+    jit: 51 µs a call with them, 25 packed, 24 without)."""
+
+    codes: Any
+    history: Any = None
+    chain: tuple = dataclasses.field(default=(), metadata=dict(static=True))
+    planned: str = dataclasses.field(default="", metadata=dict(static=True))
+    backward: str = dataclasses.field(default="", metadata=dict(static=True))
+
+
+def pack(info: Info) -> PackedInfo:
+    """``info`` as a `PackedInfo` (its ``residual``, NaN in a program, is dropped)."""
+    codes = [info.solver_index, info.iterations, info.converged, info.result]
+    return PackedInfo(jnp.stack([jnp.asarray(c).astype(jnp.int32) for c in codes], axis=-1), info.history,
+                      info.chain, info.planned, info.backward)
+
+
+@jax.jit
+def _split_codes(codes):
+    return codes[..., 0], codes[..., 1], codes[..., 2].astype(bool), codes[..., 3]
+
+
+def unpack(packed: PackedInfo) -> Info:
+    """The `Info` of a `PackedInfo` (one dispatch when eager), ``residual`` NaN."""
+    index, iterations, converged, result = _split_codes(packed.codes)
+    residual = jnp.full(jnp.shape(packed.codes)[:-1], jnp.nan, jnp.float32)
+    return Info(index, iterations, converged, residual, packed.history, result, packed.chain, packed.planned,
+                packed.backward)
 
 
 def _warn_on_fallback(solver_index, chain):

@@ -207,13 +207,16 @@ class LinearAdjoint(Adjoint):
         return True, ""
 
     def cost(self, facts, rec, K):
-        """One extraction, one scan and the vmapped VJP of the step (≈ 3 step evaluations)."""
+        """One extraction, one scan and the vmapped VJP of the step (≈ 3 step evaluations, their
+        flops and ``pricing.rows`` at ``K.row_op_time``)."""
         T, D, isz, cplx, xb, _ = pricing.sizes(rec)
         st = facts["structure"]
         fl = pricing.flops(facts, cplx)
-        t_ex, w_ex = pricing.extraction(T, D, fl, st, isz, xb, K, pricing.tangent(facts, rec, cplx))
+        t_ex, w_ex = pricing.extraction(T, D, fl, st, isz, xb, K, pricing.tangent(facts, rec, cplx),
+                                        pricing.rows(facts, rec, st.n_jvps))
         t_sc, w_sc = pricing.scan(T, D, st, isz, cplx, K)
-        t_vjp = 3.0 * T * fl / K.par_flops + T * (2 * xb + 3 * D * isz) / K.bytes_per_s
+        t_vjp = (3.0 * T * fl / K.par_flops + T * (2 * xb + 3 * D * isz) / K.bytes_per_s
+                 + 2.0 * T * pricing.rows(facts, rec) * getattr(K, "row_op_time", 0.0))
         mem = 3.0 * T * (st.floats() + D) * isz + T * xb
         return pricing.Prediction(K.parallel_overhead + t_ex + t_sc + t_vjp, mem, 1.0, w_ex + w_sc + 3 * T * fl,
                                   float(pricing.levels(T)))
@@ -250,7 +253,8 @@ def _sequential_cost(facts, rec, K) -> pricing.Prediction:
     moves out, at ``par_flops``), priced as a forward step is, its ops at
     ``VJP_OP_FACTOR``·``op_overhead``, each equation at ``vjp_eqn_time`` and its slices (ḡ_t and
     the ``vjp_residual_floats`` in, λ_t out) at ``costs.loop_bandwidth``; then the cotangents of
-    x and θ by one vmapped VJP of the step (≈ 2 evaluations at ``par_flops``) and its traffic."""
+    x and θ by one vmapped VJP of the step (≈ 2 evaluations at ``par_flops`` and ``row_op_time``)
+    and its traffic."""
     T, D, isz, cplx, xb, const_floats = pricing.sizes(rec)
     fl = pricing.flops(facts, cplx)
     real, cx = facts.get("vjp_ops", (0.0, 0.0))
@@ -259,7 +263,8 @@ def _sequential_cost(facts, rec, K) -> pricing.Prediction:
     body = (K.step_overhead + ops + facts.get("vjp_eqns", 0) * K.vjp_eqn_time * cplx
             + facts.get("vjp_flops", 0.0) * cplx / K.seq_flops + slices / costs.loop_bandwidth(K))
     moved = facts.get("vjp_hoisted_flops", 0.0) * cplx  # the part of the loop body moved out of it
-    rest = (2.0 * fl + moved + const_floats * cplx) / K.par_flops + (3 * D * isz + 2 * xb) / K.bytes_per_s
+    rest = ((2.0 * fl + moved + const_floats * cplx) / K.par_flops + (3 * D * isz + 2 * xb) / K.bytes_per_s
+            + 2.0 * pricing.rows(facts, rec) * getattr(K, "row_op_time", 0.0))
     return pricing.Prediction(T * (body + rest), 2.0 * T * D * isz + T * xb, 1.0, T * (3 * fl + const_floats),
                               float(T))
 

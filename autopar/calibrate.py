@@ -25,6 +25,9 @@ steadiest estimate of a program's own cost on a shared machine):
    stored float per step of a diagonal scan whose working set (T = 2²⁰, D = 16: ≈ 384 MiB) is
    far beyond it, over the in-cache ``scan_elem_time`` of step 5.
 
+``row_op_time`` is not measured: it keeps the backend's default (``costs.DEFAULTS``, where the
+fit it comes from is described).
+
 Results are written to ``autopar.costs.cache_path()`` under the key
 ``costs.device_key(backend)`` and used by every later plan in any process on this
 machine. The planner only *reads* that cache; it never calibrates by itself.
@@ -290,7 +293,8 @@ def calibrate(backend: str | None = None, *, save: bool = True, repeats: int = 7
         op_overhead=float(op_overhead), complex_op_factor=float(complex_op_factor),
         parallel_overhead=float(parallel_overhead), vjp_eqn_time=float(vjp_eqn_time),
         cache_bytes=float(cache_bytes), scan_miss_time=float(scan_miss_time),
-        loop_bytes_per_s=float(loop_bytes_per_s), source=f"calibrated {stamp} on {costs.device_key(backend)}",
+        loop_bytes_per_s=float(loop_bytes_per_s), row_op_time=float(default.row_op_time),
+        source=f"calibrated {stamp} on {costs.device_key(backend)}",
     )
     if save:
         path = costs.save_cached(backend, out)

@@ -21,6 +21,9 @@ constant              meaning (measured by ``autopar.calibrate``)
                       not fit in ``cache_bytes`` (its passes then stream from DRAM)
 ``vjp_eqn_time``      seconds per equation of a step's state-VJP in a reverse ``lax.scan`` (the
                       sequential adjoint), beyond its ops and flops
+``row_op_time``       seconds per equation per time step of a step vmapped over T (extraction,
+                      residual, the adjoints' vectorised VJPs), beyond its flops: XLA:CPU runs
+                      a (T, d) op as T rows of d, and a narrow row costs far more than d flops
 ====================  ===========================================================================
 
 Where they come from, first match wins: ``set_constants`` (this process), the
@@ -65,6 +68,7 @@ __all__ = [
     "step_ops",
     "loop_thunk_ops",
     "loop_bandwidth",
+    "row_ops",
     "tangent_flops",
     "TRANSCENDENTAL_FLOPS",
 ]
@@ -87,6 +91,7 @@ class BackendConstants:
     cache_bytes: float = 32 * 2**20  # working set of a parallel program that stays in cache
     scan_miss_time: float = 0.0  # extra s per stored float per step of a scan whose working set exceeds the cache
     loop_bytes_per_s: float = 0.0  # B/s of a sequential loop's per-step slices in and out (0: bytes_per_s)
+    row_op_time: float = 0.0  # s per equation per time step of a step vmapped over T, beyond its flops
     source: str = "default"  # "default", "calibrated <date>", "set_constants"
 
     def replace(self, **kw) -> "BackendConstants":
@@ -116,6 +121,15 @@ DEFAULTS = {
                             # 0.8–1.1 ns per float sliced in or written out (3.5e9 and 5.0e9 B/s in
                             # two runs, 2-core EPYC, JAX 0.10.2)
                             loop_bytes_per_s=4.0e9,
+                            # row_op_time: the 16 suite cells' steps vmapped over T = 4096 alone
+                            # (jit, min of 15 interleaved) fit t/T = 0.59·(flops/par_flops +
+                            # traffic) + 4.4 ns × equations + 7 ns: measured/modelled 0.71-2.0,
+                            # where flops and traffic alone gave 0.56-9.7 (DeltaNet 4×4: 87 ns a
+                            # step measured, 13 modelled). Inside a linearisation or a VJP the
+                            # equations fuse with their tangents and cost about half: 2.0-2.4 ns
+                            # orders the two adjoints of 8 suite cells as measured (T = 4096), 4.4
+                            # misorders two. 2-core EPYC, JAX 0.10.2.
+                            row_op_time=2.0e-9,
                             source="default (2-core CPU, AMD EPYC)"),
     # Not measured (no GPU available): published orders of magnitude for a data-centre GPU.
     # A sequential step is at least one kernel launch (~5 µs); vectorised work runs at tens of
@@ -312,18 +326,7 @@ def tangent_flops(jaxpr, n_state: int = 1) -> float:
 
 def _tangent_flops(jp, live) -> float:
     total = 0.0
-    live = set(live)
-    for eqn in jp.eqns:
-        hot = [i for i, v in enumerate(eqn.invars) if not isinstance(v, _compat.Literal) and v in live]
-        if not hot:
-            continue
-        live.update(eqn.outvars)
-        sub = _compat.call_subjaxpr(eqn)
-        if sub is not None:
-            sj = sub.jaxpr if isinstance(sub, _compat.ClosedJaxpr) else sub
-            if len(sj.invars) == len(eqn.invars):
-                total += _tangent_flops(sj, {sj.invars[i] for i in hot})
-                continue
+    for eqn, hot in _leaf_eqns(jp, live):
         name = eqn.primitive.name
         if name == "dot_general":
             total += _dot_flops(eqn) * len(hot)
@@ -332,6 +335,32 @@ def _tangent_flops(jp, live) -> float:
         else:
             total += 2.0 * _out_size(eqn)
     return float(total)
+
+
+def _leaf_eqns(jp, live=None):
+    """(equation, hot) for the equations of ``jp``, through call-like sub-jaxprs (a call whose
+    sub-jaxpr does not take its operands one to one is yielded whole). With ``live`` (variables),
+    only those that read one, ``hot`` the indices of the inputs that do; what they write is live
+    after them, as are a sub-jaxpr's inputs fed by live operands. Without, every equation, ``hot``
+    None."""
+    live = None if live is None else set(live)
+    for eqn in jp.eqns:
+        hot = None
+        if live is not None:
+            hot = [i for i, v in enumerate(eqn.invars) if not isinstance(v, _compat.Literal) and v in live]
+            if not hot:
+                continue
+            live.update(eqn.outvars)
+        sub = _compat.call_subjaxpr(eqn)
+        if sub is not None:
+            sj = sub.jaxpr if isinstance(sub, _compat.ClosedJaxpr) else sub
+            if hot is None:
+                yield from _leaf_eqns(sj)
+                continue
+            if len(sj.invars) == len(eqn.invars):
+                yield from _leaf_eqns(sj, {sj.invars[i] for i in hot})
+                continue
+        yield eqn, hot
 
 
 def _scan_flops(eqn) -> float:
@@ -441,6 +470,21 @@ def loop_thunk_ops(jaxpr) -> int:
 #: Thunks of a compiled loop body besides its ops' (``loop_thunk_ops``): the counter's copy and
 #: increment, the step's fusion and the write of its output.
 LOOP_BASE_THUNKS = 4
+
+
+#: Equations that move or re-label data without arithmetic: XLA folds them into the ops around
+#: them (a vmapped step's reshape or broadcast is not a pass of its own).
+_LAYOUT_ONLY = frozenset({"reshape", "broadcast_in_dim", "convert_element_type", "squeeze", "expand_dims",
+                          "slice", "copy", "copy_p", "select_n", "transpose", "concatenate", "pad", "rev"})
+
+
+def row_ops(jaxpr, n_state: int | None = None) -> int:
+    """Equations of one step that a vmapped evaluation runs as a pass over T rows (all but
+    ``_LAYOUT_ONLY``), counting through call-like sub-jaxprs; with ``n_state``, only those that
+    read the first ``n_state`` inputs (the state), as a tangent does. Priced at ``row_op_time``."""
+    jp = jaxpr.jaxpr if isinstance(jaxpr, _compat.ClosedJaxpr) else jaxpr
+    live = None if n_state is None else jp.invars[:n_state]
+    return sum(eqn.primitive.name not in _LAYOUT_ONLY for eqn, _ in _leaf_eqns(jp, live))
 
 
 def count_eqns(jaxpr) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from autopar.costs import count_eqns, step_flops, step_ops, tangent_flops, vjp_step
+from autopar.costs import count_eqns, row_ops, step_flops, step_ops, tangent_flops, vjp_step
 from autopar.hoist import split_step
 
 from .base import Pass
@@ -19,12 +19,14 @@ class CostPass(Pass):
     flops of one step's VJP w.r.t. the state, ``costs.vjp_step``: the body of the sequential
     adjoint's reverse scan; ``vjp_hoisted_flops`` the part of it that loop moves out), ``hoisted``
     (the loop body and the vectorised outer part when the sequential loop moves the state-independent work out of it, ``autopar.hoist``; None when it
-    does not) and ``tangent_flops`` (flops of one JVP of the step w.r.t. the state, which prices a
-    Jacobian extraction). The planner reads these facts instead of walking the jaxpr itself."""
+    does not), ``tangent_flops`` (flops of one JVP of the step w.r.t. the state, which prices a
+    Jacobian extraction) and ``row_ops`` / ``tangent_row_ops`` (equations a vmapped evaluation of
+    the step runs over T rows, ``costs.row_ops``, and those a tangent pass runs). The planner
+    reads these facts instead of walking the jaxpr itself."""
 
     name = "cost"
     provides = ("step_flops", "step_ops", "vjp_eqns", "vjp_ops", "vjp_flops", "tangent_flops", "hoisted",
-                "vjp_hoisted_flops", "vjp_residual_floats")
+                "vjp_hoisted_flops", "vjp_residual_floats", "row_ops", "tangent_row_ops")
 
     def run(self, rec, facts):
         try:
@@ -34,7 +36,8 @@ class CostPass(Pass):
         return {"step_flops": max(step_flops(rec.step_jaxpr), 1.0), "step_ops": step_ops(rec.step_jaxpr),
                 "vjp_eqns": n_vjp, "vjp_ops": vjp_ops, "vjp_flops": vjp_fl, "vjp_hoisted_flops": vjp_out,
                 "vjp_residual_floats": vjp_res,
-                "tangent_flops": tangent_flops(rec.step_jaxpr), "hoisted": _hoisted(rec)}
+                "tangent_flops": tangent_flops(rec.step_jaxpr), "hoisted": _hoisted(rec),
+                "row_ops": row_ops(rec.step_jaxpr), "tangent_row_ops": row_ops(rec.step_jaxpr, n_state=1)}
 
 
 def _vjp_loop(rec):

@@ -109,7 +109,7 @@ class Linear(Solver):
         T, D, isz, cplx, xb, _ = pricing.sizes(rec)
         st = facts["structure"]
         t_ex, w_ex = pricing.extraction(T, D, pricing.flops(facts, cplx), st, isz, xb, K,
-                                        pricing.tangent(facts, rec, cplx))
+                                        pricing.tangent(facts, rec, cplx), pricing.rows(facts, rec, st.n_jvps))
         t_sc, w_sc = pricing.scan(T, D, st, isz, cplx, K)
         mem = 3.0 * T * (st.floats() + D) * isz
         return pricing.Prediction(K.parallel_overhead + t_ex + t_sc, mem, 1.0, w_ex + w_sc, float(pricing.levels(T)))

@@ -9,12 +9,15 @@ streamed at ``K.bytes_per_s``:
   ``K.complex_op_factor``) — ``seq_step_ops``;
 * ``extraction``: the step linearised and vmapped over T, one primal and ``n_jvps`` tangents,
   ``T·(f + n_jvps·f') / K.par_flops`` plus its traffic, f' the flops of one tangent
-  (``costs.tangent_flops``: only the h-dependent part of the step carries one);
+  (``costs.tangent_flops``: only the h-dependent part of the step carries one), plus
+  ``T·(r + n_jvps·r')·K.row_op_time`` — every vmapped evaluation of the step pays
+  ``row_op_time`` per equation per row (``rows``: r equations in the primal, r' in a tangent);
 * ``scan``: the associative scan, ``levels(T)·K.level_overhead + T·(s + D)·(K.scan_elem_time
   + φ·K.scan_miss_time) + T·o·K.scan_elem_time + 2T·(c + m) / K.par_flops`` (o: the kind's
   ``scan_overhead``) with ``levels(T) = 2⌈log₂T⌉`` and φ the
   fraction of its working set (≈ 3·T·(s + D) floats) beyond ``K.cache_bytes``;
-* ``residual``: one vmapped evaluation of the step, ``T·f / K.par_flops`` plus its traffic;
+* ``residual``: one vmapped evaluation of the step, ``T·(f / K.par_flops + r·K.row_op_time)``
+  plus its traffic;
 * ``newton``: the Newton family, ``iters × (extraction + scans·scan + residual)``; a quasi
   variant reads and scans diag(J) only.
 
@@ -33,8 +36,8 @@ import numpy as np
 from autopar import costs
 from autopar.structure import Diagonal
 
-__all__ = ["Prediction", "levels", "sizes", "flops", "tangent", "seq_step_ops", "extraction", "scan", "residual",
-           "newton_iterations", "newton"]
+__all__ = ["Prediction", "levels", "sizes", "flops", "tangent", "rows", "seq_step_ops", "extraction", "scan",
+           "residual", "newton_iterations", "newton"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +77,21 @@ def tangent(facts: Any, rec: Any, cplx: float) -> float:
     return float(tfl) * cplx
 
 
+def rows(facts: Any, rec: Any, tangents: int = 0) -> float:
+    """Row passes of one vmapped evaluation of the step per time step: its equations
+    (``facts["row_ops"]``, ``costs.row_ops``), plus ``tangents`` × those a tangent carries (the
+    equations that read the state, ``facts["tangent_row_ops"]``) for a linearisation with that many
+    JVPs: batched tangents are arrays (T, n, d), T·n rows of d."""
+    r, tr = facts.get("row_ops"), facts.get("tangent_row_ops")
+    if r is None:
+        r = costs.row_ops(rec.step_jaxpr) if rec is not None else 0
+    if not tangents:
+        return float(r)
+    if tr is None:
+        tr = costs.row_ops(rec.step_jaxpr, n_state=1) if rec is not None else r
+    return float(r + tangents * tr)
+
+
 def seq_step_ops(facts: Any, rec: Any, K) -> float:
     """Seconds of fixed per-op cost in one sequential step (``facts["step_ops"]`` when the
     analysis provides it, else counted off the step's jaxpr)."""
@@ -87,12 +105,13 @@ def levels(T: int) -> int:
     return 2 * math.ceil(math.log2(T)) if T > 1 else 1
 
 
-def extraction(T, D, fl, st, isz, xb, K, tfl=None):
+def extraction(T, D, fl, st, isz, xb, K, tfl=None, rows=0.0):
     """Linearise the step at T points (vmapped): one primal (``fl`` flops) + n_jvps tangents
-    (``tfl`` flops each; default ``fl``). (seconds, flops)"""
+    (``tfl`` flops each; default ``fl``), ``rows`` row passes per time step at ``K.row_op_time``
+    (``rows(facts, rec, st.n_jvps)``). (seconds, flops)"""
     work = T * (fl + st.n_jvps * (fl if tfl is None else tfl))
     traffic = T * (xb + (D + st.floats()) * isz)
-    return work / K.par_flops + traffic / K.bytes_per_s, work
+    return work / K.par_flops + traffic / K.bytes_per_s + T * rows * getattr(K, "row_op_time", 0.0), work
 
 
 def scan(T, D, st, isz, cplx, K):
@@ -111,9 +130,10 @@ def spill(working_set: float, K) -> float:
     return max(0.0, 1.0 - cache / working_set) if working_set > 0 else 0.0
 
 
-def residual(T, D, fl, isz, xb, K):
-    """Seconds of one vmapped evaluation of the step over T (the residual of an iterate)."""
-    return T * fl / K.par_flops + T * (xb + 2 * D * isz) / K.bytes_per_s
+def residual(T, D, fl, isz, xb, K, rows=0.0):
+    """Seconds of one vmapped evaluation of the step over T (the residual of an iterate), ``rows``
+    its equations (``rows(facts, rec)``) at ``K.row_op_time`` a time step."""
+    return T * fl / K.par_flops + T * (xb + 2 * D * isz) / K.bytes_per_s + T * rows * getattr(K, "row_op_time", 0.0)
 
 
 def newton_iterations(facts, quasi: bool) -> float:
@@ -142,9 +162,10 @@ def newton(facts, rec, K, iters: float, *, quasi: bool, scans: float = 1.0, copi
     st = facts["structure"]
     fl = flops(facts, cplx)
     scan_st = Diagonal(D) if quasi else st
-    t_ex, w_ex = extraction(T, D, fl, scan_st, isz, xb, K, tangent(facts, rec, cplx))
+    t_ex, w_ex = extraction(T, D, fl, scan_st, isz, xb, K, tangent(facts, rec, cplx),
+                            rows(facts, rec, scan_st.n_jvps))
     t_sc, w_sc = scan(T, D, scan_st, isz, cplx, K)
-    per_iter = t_ex + scans * t_sc + residual(T, D, fl, isz, xb, K)
+    per_iter = t_ex + scans * t_sc + residual(T, D, fl, isz, xb, K, rows(facts, rec))
     # The scan's elements (three live copies: inputs, partial products, outputs) plus the T × D
     # arrays of the loop: iterate, best iterate, f values, the residual, xs-sized tangents and the
     # while-loop's double buffers. Measured (benchmarks/memory.py, dense GRU D = 64, quasi-deer,

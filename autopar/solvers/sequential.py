@@ -60,7 +60,8 @@ class Sequential(Solver):
         slices (x_t in, v_t out) at ``costs.loop_bandwidth``.
 
         With ``facts["hoisted"]`` (``autopar.hoist``) the loop runs the state-dependent part only,
-        reading its residuals, and the rest is one vectorised pass over T at ``K.par_flops``."""
+        reading its residuals, and the rest is one vectorised pass over T at ``K.par_flops`` (and
+        ``K.row_op_time`` per equation per step)."""
         T, D, isz, cplx, xb, _ = pricing.sizes(rec)
         split = facts.get("hoisted")
         loop_bw = costs.loop_bandwidth(K)
@@ -73,7 +74,8 @@ class Sequential(Solver):
         rb = split.residual_floats * isz
         loop = (K.step_overhead + (real + K.complex_op_factor * cx) * K.op_overhead
                 + split.inner_flops * cplx / K.seq_flops + (D * isz + rb) / loop_bw)
-        outer = split.outer_flops * cplx / K.par_flops + (xb + rb) / K.bytes_per_s
+        outer = (split.outer_flops * cplx / K.par_flops + (xb + rb) / K.bytes_per_s
+                 + costs.row_ops(split.outer) * getattr(K, "row_op_time", 0.0))
         fl = (split.inner_flops + split.outer_flops) * cplx
         return pricing.Prediction(T * (loop + outer), T * (D * isz + rb), 1.0, T * fl, float(T))
 

@@ -216,7 +216,7 @@ class LinearAdjoint(Adjoint):
                                         pricing.rows(facts, rec, st.n_jvps))
         t_sc, w_sc = pricing.scan(T, D, st, isz, cplx, K)
         t_vjp = (3.0 * T * fl / K.par_flops + T * (2 * xb + 3 * D * isz) / K.bytes_per_s
-                 + 2.0 * T * pricing.rows(facts, rec) * getattr(K, "row_op_time", 0.0))
+                 + 2.0 * T * pricing.rows(facts, rec) * K.row_op_time)
         mem = 3.0 * T * (st.floats() + D) * isz + T * xb
         return pricing.Prediction(K.parallel_overhead + t_ex + t_sc + t_vjp, mem, 1.0, w_ex + w_sc + 3 * T * fl,
                                   float(pricing.levels(T)))
@@ -264,7 +264,7 @@ def _sequential_cost(facts, rec, K) -> pricing.Prediction:
             + facts.get("vjp_flops", 0.0) * cplx / K.seq_flops + slices / costs.loop_bandwidth(K))
     moved = facts.get("vjp_hoisted_flops", 0.0) * cplx  # the part of the loop body moved out of it
     rest = ((2.0 * fl + moved + const_floats * cplx) / K.par_flops + (3 * D * isz + 2 * xb) / K.bytes_per_s
-            + 2.0 * pricing.rows(facts, rec) * getattr(K, "row_op_time", 0.0))
+            + 2.0 * pricing.rows(facts, rec) * K.row_op_time)
     return pricing.Prediction(T * (body + rest), 2.0 * T * D * isz + T * xb, 1.0, T * (3 * fl + const_floats),
                               float(T))
 

@@ -1138,7 +1138,8 @@ class _ScanTrace:
         cell_consts = [args[i] for i in self.cell_idx]
         hs, info = fn._jitted(cell_consts, init, xs, None, key=self.key, length=length, reverse=reverse)
         if return_info:
-            info = emit.unpack(info).with_residual(fn._residual_jitted(cell_consts, init, xs, hs, key=self.key, reverse=reverse))
+            res = fn._residual_jitted(cell_consts, init, xs, hs, key=self.key, reverse=reverse)
+            info = emit.unpack(info).with_residual(res)
         return self._post(args, init, xs, hs, reverse=reverse), info
 
     def _exact_info(self, length, xs):

@@ -62,7 +62,8 @@ class Split:
     ``outer_flops`` the (real, complex) kernels and flops of the batched outer part;
     ``inner_ops`` / ``inner_flops`` those of the loop body; ``state_floats`` / ``input_floats``
     the elements of the step's state and per-step inputs (its invars); ``outer_thunk_ops`` /
-    ``inner_thunk_ops`` the loop-body thunks of each part's ops (``costs.loop_thunk_ops``)."""
+    ``inner_thunk_ops`` the loop-body thunks of each part's ops (``costs.loop_thunk_ops``);
+    ``outer_row_ops`` the equations the batched outer part runs over T rows (``costs.row_ops``)."""
 
     outer: Any
     inner: Any
@@ -76,6 +77,7 @@ class Split:
     input_floats: int
     outer_thunk_ops: int = 0
     inner_thunk_ops: int = 0
+    outer_row_ops: int = 0
 
     def worthwhile(self, extra_input_floats: int = 0) -> bool:
         """Whether the loop should use the split (see the module docstring); ``extra_input_floats``:
@@ -149,7 +151,7 @@ def split_step(closed, n_state: int, n_outputs: int | None = None) -> Split | No
                  sum(_size(v.aval) for v, b in zip(residuals, batched) if b),
                  costs.step_ops(xpart), costs.step_flops(xpart), costs.step_ops(inner_jp), costs.step_flops(inner_jp),
                  sum(_size(v.aval) for v in state_in), sum(_size(v.aval) for v in x_in), costs.loop_thunk_ops(xpart),
-                 costs.loop_thunk_ops(inner_jp))
+                 costs.loop_thunk_ops(inner_jp), costs.row_ops(xpart))
 
 
 def hoisted(f: Callable, v0, xt) -> tuple[Callable, Any] | None:

@@ -111,7 +111,7 @@ def extraction(T, D, fl, st, isz, xb, K, tfl=None, rows=0.0):
     (``rows(facts, rec, st.n_jvps)``). (seconds, flops)"""
     work = T * (fl + st.n_jvps * (fl if tfl is None else tfl))
     traffic = T * (xb + (D + st.floats()) * isz)
-    return work / K.par_flops + traffic / K.bytes_per_s + T * rows * getattr(K, "row_op_time", 0.0), work
+    return work / K.par_flops + traffic / K.bytes_per_s + T * rows * K.row_op_time, work
 
 
 def scan(T, D, st, isz, cplx, K):
@@ -133,7 +133,7 @@ def spill(working_set: float, K) -> float:
 def residual(T, D, fl, isz, xb, K, rows=0.0):
     """Seconds of one vmapped evaluation of the step over T (the residual of an iterate), ``rows``
     its equations (``rows(facts, rec)``) at ``K.row_op_time`` a time step."""
-    return T * fl / K.par_flops + T * (xb + 2 * D * isz) / K.bytes_per_s + T * rows * getattr(K, "row_op_time", 0.0)
+    return T * fl / K.par_flops + T * (xb + 2 * D * isz) / K.bytes_per_s + T * rows * K.row_op_time
 
 
 def newton_iterations(facts, quasi: bool) -> float:

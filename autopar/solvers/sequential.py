@@ -75,7 +75,7 @@ class Sequential(Solver):
         loop = (K.step_overhead + (real + K.complex_op_factor * cx) * K.op_overhead
                 + split.inner_flops * cplx / K.seq_flops + (D * isz + rb) / loop_bw)
         outer = (split.outer_flops * cplx / K.par_flops + (xb + rb) / K.bytes_per_s
-                 + costs.row_ops(split.outer) * getattr(K, "row_op_time", 0.0))
+                 + split.outer_row_ops * K.row_op_time)
         fl = (split.inner_flops + split.outer_flops) * cplx
         return pricing.Prediction(T * (loop + outer), T * (D * isz + rb), 1.0, T * fl, float(T))
 

@@ -6,16 +6,19 @@ steadiest estimate of a program's own cost on a shared machine):
 
 1. ``step_overhead`` — per-step time of ``lax.scan`` over ``h ← a·h + x`` with D = 1
    (all loop overhead, no work).
-   ``loop_bytes_per_s`` — the same loop at D = 256 returning its states: 2·D floats sliced in
-   and written out per step, net of ``step_overhead``.
+   ``loop_bytes_per_s`` — the same loop at D = 256 returning its states: the write of D floats
+   a step, net of ``step_overhead``, of the thunk dispatch (``loop_thunk_time``, when the body is
+   past ``loop_kernel_bytes``) and of reading x_t at ``bytes_per_s`` (step 2).
 2. ``bytes_per_s`` — a streamed ``a·x + b`` over 2²² floats (3 arrays read/written).
 3. ``seq_flops`` — ``lax.scan`` over ``h ← tanh(W h + x)``, D = 64:
    step_flops / (per-step time − overhead).
 4. ``par_flops`` — a batched matmul (T, D) @ (D, D), the shape of a step vmapped over time.
-5. ``level_overhead``, ``scan_elem_time`` — a hand-written diagonal ``lax.associative_scan``
-   at a short, narrow size (overhead-bound, T = 256, D = 1) and a wider one (T = 4096,
-   D = 16, where CPU crossovers happen); net of the fixed cost of dispatching a jitted
-   call, the two timings solve  t = levels(T)·level_overhead + T·(2D)·scan_elem_time.
+5. ``level_overhead``, ``scan_row_time``, ``scan_elem_time`` — a hand-written diagonal
+   ``lax.associative_scan`` at a short, narrow size (overhead-bound, T = 256, D = 1) and two
+   wider ones (T = 4096, D = 16 and 64, where CPU crossovers happen); net of the fixed cost of
+   dispatching a jitted call, the first two solve  t = levels(T)·level_overhead + T·(2D)·scan_elem_time
+   and, net of the levels, the two widths  t = … + T·scan_row_time + T·(2D)·scan_elem_time
+   (``scan_row_time`` = 0 when noise makes a term non-positive).
 6. ``op_overhead``, ``complex_op_factor`` — ``lax.scan`` over ``a·h + x B`` (D = 16) minus
    the same without the matmul, in float32 and in complex64.
 7. ``parallel_overhead`` — autopar's linear solver on a tiny affine cell minus the
@@ -25,8 +28,9 @@ steadiest estimate of a program's own cost on a shared machine):
    stored float per step of a diagonal scan whose working set (T = 2²⁰, D = 16: ≈ 384 MiB) is
    far beyond it, over the in-cache ``scan_elem_time`` of step 5.
 
-``row_op_time`` is not measured: it keeps the backend's default (``costs.DEFAULTS``, where the
-fit it comes from is described).
+``row_op_time``, ``loop_kernel_bytes`` and ``loop_thunk_time`` are not measured: they keep the
+backend's defaults (``costs.DEFAULTS``, where the measurements they come from are described;
+``XLA_FLAGS`` can move the small-loop threshold, which ``costs.loop_kernel_bytes`` reads).
 
 Results are written to ``autopar.costs.cache_path()`` under the key
 ``costs.device_key(backend)`` and used by every later plan in any process on this
@@ -206,11 +210,10 @@ def calibrate(backend: str | None = None, *, save: bool = True, repeats: int = 7
     T1 = 1 << 15
     step_overhead = _scan_per_step(lambda h, x: 0.5 * h + x, 1, T1, backend, repeats)
     log(f"step_overhead  {step_overhead:.3g} s")
-    # 1b. a loop's per-step slices: x_t in and the state out, D = 256
+    default = costs.DEFAULTS.get(backend, costs.DEFAULTS["gpu"])
+    # 1b. a loop's per-step write of its state, D = 256 (net of bandwidth below, step 2)
     Dlb = 256
     per_256 = _scan_per_step(lambda h, x: 0.5 * h + x, Dlb, 1 << 12, backend, repeats)
-    loop_bytes_per_s = 2 * Dlb * 4 / max(per_256 - step_overhead, 1e-12)
-    log(f"loop_bytes_per_s {loop_bytes_per_s:.3g} B/s")
 
     # 2. streaming bandwidth
     n = 1 << 21
@@ -219,6 +222,13 @@ def calibrate(backend: str | None = None, *, save: bool = True, repeats: int = 7
     t_bw = _time(jax.jit(lambda x, y: 1.5 * x + y), x, y, repeats=repeats)
     bytes_per_s = 3 * n * 4 / t_bw
     log(f"bytes_per_s    {bytes_per_s:.3g} B/s")
+    # 1b, continued: the state's write is what is left of the D = 256 step once the loop's fixed
+    # cost, its thunk dispatch (when its body, h and x_t in, the state out ×4, is past the
+    # backend's small-loop threshold) and the read of x_t at bytes_per_s are taken off.
+    thunks = default.loop_thunk_time if costs.loop_runs_as_thunks(default, 6 * Dlb * 4) else 0.0
+    rest = per_256 - step_overhead - thunks - Dlb * 4 / bytes_per_s
+    loop_bytes_per_s = Dlb * 4 / max(rest, 0.1 * per_256)
+    log(f"loop_bytes_per_s {loop_bytes_per_s:.3g} B/s")
 
     # 3. sequential flop rate on a small dense cell
     D = 64
@@ -242,17 +252,25 @@ def calibrate(backend: str | None = None, *, save: bool = True, repeats: int = 7
     dispatch = _time(jax.jit(lambda v: v + 1), tiny, repeats=repeats)
     Ts, Ds = 1 << 8, 1
     Tl, Dl = 1 << 12, 16
+    Dw = 64
     ts = max(_assoc_scan_time(Ts, Ds, backend, repeats) - dispatch, 1e-9)
     tl = max(_assoc_scan_time(Tl, Dl, backend, repeats) - dispatch, 1e-9)
-    # t = L·levels(T) + E·T·2D; solve the 2×2 system, keeping both non-negative.
+    tw = max(_assoc_scan_time(Tl, Dw, backend, repeats) - dispatch, 1e-9)
+    # t = L·levels(T) + E·T·2D from the first two (kept non-negative); then, net of the levels,
+    # the two widths at T = 4096 give R and E of  t = L·levels(T) + R·T + E·T·2D  — unless noise
+    # makes one of them non-positive, when R = 0 and E stays the two-point value.
     A = np.array([[_levels(Ts), Ts * 2 * Ds], [_levels(Tl), Tl * 2 * Dl]], float)
     L, E = np.linalg.solve(A, np.array([ts, tl]))
     if L <= 0 or E <= 0:
         L = max(L, ts / (2 * _levels(Ts)))
         E = max((tl - L * _levels(Tl)) / (Tl * 2 * Dl), tl / (4 * Tl * 2 * Dl))
-    log(f"level_overhead {L:.3g} s, scan_elem_time {E:.3g} s")
+    R = 0.0
+    E_w = (tw - tl) / (Tl * 2 * (Dw - Dl))
+    R_w = (tl - L * _levels(Tl)) / Tl - 2 * Dl * E_w
+    if E_w > 0 and R_w > 0:
+        R, E = R_w, E_w
+    log(f"level_overhead {L:.3g} s, scan_row_time {R:.3g} s, scan_elem_time {E:.3g} s")
     # 5b. the same scan far beyond the cache: extra time per stored float per step
-    default = costs.DEFAULTS.get(backend, costs.DEFAULTS["gpu"])
     if backend == "cpu":
         cache_bytes = min(_llc_bytes() or default.cache_bytes, MAX_CACHE_BYTES)
     else:
@@ -260,7 +278,7 @@ def calibrate(backend: str | None = None, *, save: bool = True, repeats: int = 7
     Tb, Db = 1 << 20, 16
     tb = max(_assoc_scan_time(Tb, Db, backend, max(1, repeats // 3)) - dispatch, 1e-9)
     spill = max(0.0, 1.0 - cache_bytes / (3.0 * Tb * 2 * Db * 4))
-    E_big = max(tb - L * _levels(Tb), 0.0) / (Tb * 2 * Db)
+    E_big = max(tb - L * _levels(Tb) - R * Tb, 0.0) / (Tb * 2 * Db)
     scan_miss_time = max(E_big - E, 0.0) / spill if spill > 0 else 0.0
     log(f"cache_bytes    {cache_bytes:.3g} B, scan_miss_time {scan_miss_time:.3g} s")
 
@@ -294,6 +312,8 @@ def calibrate(backend: str | None = None, *, save: bool = True, repeats: int = 7
         parallel_overhead=float(parallel_overhead), vjp_eqn_time=float(vjp_eqn_time),
         cache_bytes=float(cache_bytes), scan_miss_time=float(scan_miss_time),
         loop_bytes_per_s=float(loop_bytes_per_s), row_op_time=float(default.row_op_time),
+        scan_row_time=float(R), loop_kernel_bytes=float(default.loop_kernel_bytes),
+        loop_thunk_time=float(default.loop_thunk_time),
         source=f"calibrated {stamp} on {costs.device_key(backend)}",
     )
     if save:

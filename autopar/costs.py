@@ -11,8 +11,9 @@ constant              meaning (measured by ``autopar.calibrate``)
 ``level_overhead``    fixed seconds of one level of ``lax.associative_scan``
 ``scan_elem_time``    seconds per stored float per step of an associative scan (its memory traffic)
 ``bytes_per_s``       streaming memory bandwidth
-``loop_bytes_per_s``  bandwidth of a sequential loop's per-step slices (x_t, residuals in; the
-                      state out): one small strided copy each, far below ``bytes_per_s`` on a CPU
+``loop_bytes_per_s``  bandwidth of a sequential loop's per-step write of its state into the
+                      trajectory: a small strided copy, far below ``bytes_per_s`` on a CPU (the
+                      loop's reads, x_t or residuals, stream at ``bytes_per_s``)
 ``op_overhead``       fixed seconds of each non-fusable op (dot, reduction, gather) in a scan step
 ``complex_op_factor`` how much dearer such an op is on complex operands (XLA:CPU: ~6×)
 ``parallel_overhead`` fixed seconds of a parallel program beyond its scan (extraction, glue)
@@ -24,6 +25,12 @@ constant              meaning (measured by ``autopar.calibrate``)
 ``row_op_time``       seconds per equation per time step of a step vmapped over T (extraction,
                       residual, the adjoints' vectorised VJPs), beyond its flops: XLA:CPU runs
                       a (T, d) op as T rows of d, and a narrow row costs far more than d flops
+``scan_row_time``     seconds per time step of an associative scan beyond ``scan_elem_time`` per
+                      float: a scan's level passes cost per row as well as per float
+``loop_kernel_bytes`` XLA:CPU compiles a ``while`` loop whose body touches fewer bytes an
+                      iteration into one kernel; a bigger one runs as thunks, dispatched one by one
+                      every iteration (0: the backend has no such mode)
+``loop_thunk_time``   the extra seconds per step of such a thunk-driven loop
 ====================  ===========================================================================
 
 Where they come from, first match wins: ``set_constants`` (this process), the
@@ -46,6 +53,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +77,9 @@ __all__ = [
     "loop_thunk_ops",
     "loop_bandwidth",
     "row_ops",
+    "loop_body_bytes",
+    "loop_kernel_bytes",
+    "loop_runs_as_thunks",
     "tangent_flops",
     "TRANSCENDENTAL_FLOPS",
 ]
@@ -90,8 +101,11 @@ class BackendConstants:
     vjp_eqn_time: float = 1.5e-9  # s per equation of the step's state-VJP in a reverse lax.scan
     cache_bytes: float = 32 * 2**20  # working set of a parallel program that stays in cache
     scan_miss_time: float = 0.0  # extra s per stored float per step of a scan whose working set exceeds the cache
-    loop_bytes_per_s: float = 0.0  # B/s of a sequential loop's per-step slices in and out (0: bytes_per_s)
+    loop_bytes_per_s: float = 0.0  # B/s of a sequential loop's per-step write of its state (0: bytes_per_s)
     row_op_time: float = 0.0  # s per equation per time step of a step vmapped over T, beyond its flops
+    scan_row_time: float = 0.0  # s per time step of an associative scan, beyond its per-float traffic
+    loop_kernel_bytes: float = 0.0  # XLA:CPU compiles a loop touching fewer bytes an iteration into one kernel (0: no such mode)
+    loop_thunk_time: float = 0.0  # extra s per step of a loop XLA:CPU runs as thunks rather than one kernel
     source: str = "default"  # "default", "calibrated <date>", "set_constants"
 
     def replace(self, **kw) -> "BackendConstants":
@@ -110,16 +124,18 @@ DEFAULTS = {
     # Measured by autopar.calibrate() on the 2-core development CPU, single-threaded Eigen.
     # A cheap cell's lax.scan step costs ~10 ns here: sequential is very hard to beat.
     "cpu": BackendConstants(step_overhead=4.4e-9, seq_flops=4.2e10, par_flops=7.2e10, level_overhead=4.3e-6,
-                            bytes_per_s=1.5e10, scan_elem_time=1.3e-9, op_overhead=8.5e-8, complex_op_factor=5.0,
+                            bytes_per_s=1.5e10, scan_elem_time=0.6e-9, op_overhead=8.5e-8, complex_op_factor=5.0,
                             parallel_overhead=1.0e-5, vjp_eqn_time=1.5e-9,
                             # cache_bytes / scan_miss_time: from the dense-GRU linear adjoint, whose
                             # J factors (T·D² floats) cost ~3× more per float at T = 65536 (≈ 200 MiB
                             # of scan working set) than at T = 4096 (≈ 13 MiB), while the diagonal
                             # SSM's at T = 65536 (≈ 25 MiB) still ran at the in-cache rate.
                             cache_bytes=32 * 2**20, scan_miss_time=2.5e-9,
-                            # loop_bytes_per_s: lax.scan of a·h + x at D = 256 returning the states,
-                            # 0.8–1.1 ns per float sliced in or written out (3.5e9 and 5.0e9 B/s in
-                            # two runs, 2-core EPYC, JAX 0.10.2)
+                            # loop_bytes_per_s: the write of a loop's state, ~1 ns a float: lax.scan
+                            # of a·h + x returning its states minus the same returning its carry,
+                            # 0.75 ns a float at D = 16 … 64, 0.3-0.45 at 128 … 512 (one kernel);
+                            # earlier runs at D = 256 with the reads counted 3.5e9-5.0e9 B/s.
+                            # 2-core EPYC, JAX 0.10.2
                             loop_bytes_per_s=4.0e9,
                             # row_op_time: the 16 suite cells' steps vmapped over T = 4096 alone
                             # (jit, min of 15 interleaved) fit t/T = 0.59·(flops/par_flops +
@@ -130,6 +146,19 @@ DEFAULTS = {
                             # orders the two adjoints of 8 suite cells as measured (T = 4096), 4.4
                             # misorders two. 2-core EPYC, JAX 0.10.2.
                             row_op_time=2.0e-9,
+                            # scan_row_time / scan_elem_time: a diagonal associative scan at T =
+                            # 4096 (jit, min of 40 interleaved) costs 39 / 59 / 74 / 102 / 121 / 207
+                            # ns a step at D = 1 / 4 / 16 / 32 / 64 / 128; net of its levels it fits
+                            # 30 ns a step + 0.58 ns per stored float (D = 4 … 128), where one
+                            # per-float constant (1.3 ns, calibrated at D = 16) overprices wide
+                            # elements 1.4-3× (DeltaNet 16 × 16: 1.6 ms measured, 5.0 priced).
+                            scan_row_time=3.0e-8,
+                            # loop_kernel_bytes / loop_thunk_time: XLA:CPU's small-while-loop pass
+                            # (threshold 1 KiB by default) compiles a loop touching fewer bytes an
+                            # iteration into one kernel; a lax.scan of a·h + x returning its states
+                            # at D = 4 … 256 runs 40-50 ns a step slower as thunks (threshold 0 vs
+                            # 10⁹ in XLA_FLAGS, side by side). 2-core EPYC, JAX 0.10.2.
+                            loop_kernel_bytes=1024.0, loop_thunk_time=4.5e-8,
                             source="default (2-core CPU, AMD EPYC)"),
     # Not measured (no GPU available): published orders of magnitude for a data-centre GPU.
     # A sequential step is at least one kernel launch (~5 µs); vectorised work runs at tens of
@@ -485,6 +514,65 @@ def row_ops(jaxpr, n_state: int | None = None) -> int:
     jp = jaxpr.jaxpr if isinstance(jaxpr, _compat.ClosedJaxpr) else jaxpr
     live = None if n_state is None else jp.invars[:n_state]
     return sum(eqn.primitive.name not in _LAYOUT_ONLY for eqn, _ in _leaf_eqns(jp, live))
+
+
+def loop_body_bytes(jaxpr, n_outputs: int | None = None) -> float:
+    """Bytes one iteration of a ``lax.scan`` running ``jaxpr`` as its step (writing its first
+    ``n_outputs`` outputs, all by default, as the carry and into the trajectory) touches, as
+    XLA:CPU's cost analysis counts them for its small-loop test (``loop_runs_as_thunks``): the
+    inputs and array constants the step reads, each output 4 times (the step's fusion writes it,
+    the trajectory's dynamic-update-slice reads it and writes its row, the carry), and each
+    matrix product's (``dot_general`` with a contraction ≥ 2) non-constant operands and output
+    twice over (a product is an instruction of its own, not fused). An estimate off the jaxpr:
+    measured, a ``lax.scan`` of ``a·h + x`` compiles to one kernel at 32 floats and to thunks
+    at 48 (JAX 0.10.2, threshold 1 KiB); it reads what XLA fuses, not how."""
+    jp = jaxpr.jaxpr if isinstance(jaxpr, _compat.ClosedJaxpr) else jaxpr
+    outs = jp.outvars if n_outputs is None else jp.outvars[:n_outputs]
+
+    def nbytes(v):
+        a = getattr(v, "aval", None)
+        if a is None or not hasattr(a, "dtype"):
+            return 0.0
+        return float(np.prod(a.shape, dtype=np.int64)) * np.dtype(a.dtype).itemsize
+
+    consts = {id(v) for v in jp.constvars}
+    read: set = set()
+    total = 0.0
+    for eqn, _ in _leaf_eqns(jp):
+        for v in eqn.invars:
+            if not isinstance(v, _compat.Literal):
+                read.add(id(v))
+        if eqn.primitive.name == "dot_general" and _contraction(eqn) >= 2:
+            total += sum(nbytes(v) for v in eqn.invars
+                         if not isinstance(v, _compat.Literal) and id(v) not in consts) + 2 * _out_size_bytes(eqn)
+    read.update(id(v) for v in outs if not isinstance(v, _compat.Literal))
+    total += sum(nbytes(v) for v in jp.invars if id(v) in read)
+    total += sum(nbytes(v) for v in jp.constvars if id(v) in read and np.prod(v.aval.shape, dtype=np.int64) > 1)
+    return total + 4.0 * sum(nbytes(v) for v in outs)
+
+
+def _out_size_bytes(eqn) -> float:
+    return float(sum(int(np.prod(v.aval.shape, dtype=np.int64)) * np.dtype(v.aval.dtype).itemsize
+                     for v in eqn.outvars if hasattr(v.aval, "dtype")))
+
+
+def loop_kernel_bytes(K: BackendConstants) -> float | None:
+    """The per-iteration bytes below which XLA:CPU compiles a ``while`` loop into one kernel
+    (its small-while-loop pass; ``xla_cpu_small_while_loop_byte_threshold`` in ``XLA_FLAGS``'s
+    ``--xla_backend_extra_options`` when set there, else ``K.loop_kernel_bytes``); None where
+    the backend has no such mode (``K.loop_kernel_bytes`` = 0)."""
+    if not K.loop_kernel_bytes:
+        return None
+    found = re.search(r"xla_cpu_small_while_loop_byte_threshold=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    return float(found.group(1)) if found else float(K.loop_kernel_bytes)
+
+
+def loop_runs_as_thunks(K: BackendConstants, body_bytes: float) -> bool:
+    """Whether XLA:CPU runs a sequential loop whose body touches ``body_bytes`` an iteration
+    (``loop_body_bytes``) as a thunk-driven while loop — each iteration dispatching its body's
+    thunks, ``K.loop_thunk_time`` a step more — rather than one compiled kernel."""
+    limit = loop_kernel_bytes(K)
+    return limit is not None and body_bytes >= limit
 
 
 def count_eqns(jaxpr) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from autopar.costs import count_eqns, row_ops, step_flops, step_ops, tangent_flops, vjp_step
+from autopar.costs import count_eqns, loop_body_bytes, row_ops, step_flops, step_ops, tangent_flops, vjp_step
 from autopar.hoist import split_step
 
 from .base import Pass
@@ -20,24 +20,28 @@ class CostPass(Pass):
     adjoint's reverse scan; ``vjp_hoisted_flops`` the part of it that loop moves out), ``hoisted``
     (the loop body and the vectorised outer part when the sequential loop moves the state-independent work out of it, ``autopar.hoist``; None when it
     does not), ``tangent_flops`` (flops of one JVP of the step w.r.t. the state, which prices a
-    Jacobian extraction) and ``row_ops`` / ``tangent_row_ops`` (equations a vmapped evaluation of
-    the step runs over T rows, ``costs.row_ops``, and those a tangent pass runs). The planner
+    Jacobian extraction), ``row_ops`` / ``tangent_row_ops`` (equations a vmapped evaluation of
+    the step runs over T rows, ``costs.row_ops``, and those a tangent pass runs) and
+    ``loop_body_bytes`` (bytes an iteration of the sequential loop touches, ``costs.loop_body_bytes``
+    of its body: the hoisted inner part when there is one). The planner
     reads these facts instead of walking the jaxpr itself."""
 
     name = "cost"
     provides = ("step_flops", "step_ops", "vjp_eqns", "vjp_ops", "vjp_flops", "tangent_flops", "hoisted",
-                "vjp_hoisted_flops", "vjp_residual_floats", "row_ops", "tangent_row_ops")
+                "vjp_hoisted_flops", "vjp_residual_floats", "row_ops", "tangent_row_ops", "loop_body_bytes")
 
     def run(self, rec, facts):
         try:
             n_vjp, vjp_ops, vjp_fl, vjp_out, vjp_res = _vjp_loop(rec) if rec.size else (0, (0.0, 0.0), 0.0, 0.0, 0)
         except Exception:  # noqa: BLE001 - a cell JAX cannot differentiate: no gradient to price
             n_vjp, vjp_ops, vjp_fl, vjp_out, vjp_res = 0, (0.0, 0.0), 0.0, 0.0, 0
+        hoisted = _hoisted(rec)
         return {"step_flops": max(step_flops(rec.step_jaxpr), 1.0), "step_ops": step_ops(rec.step_jaxpr),
                 "vjp_eqns": n_vjp, "vjp_ops": vjp_ops, "vjp_flops": vjp_fl, "vjp_hoisted_flops": vjp_out,
                 "vjp_residual_floats": vjp_res,
-                "tangent_flops": tangent_flops(rec.step_jaxpr), "hoisted": _hoisted(rec),
-                "row_ops": row_ops(rec.step_jaxpr), "tangent_row_ops": row_ops(rec.step_jaxpr, n_state=1)}
+                "tangent_flops": tangent_flops(rec.step_jaxpr), "hoisted": hoisted,
+                "row_ops": row_ops(rec.step_jaxpr), "tangent_row_ops": row_ops(rec.step_jaxpr, n_state=1),
+                "loop_body_bytes": loop_body_bytes(hoisted.inner if hoisted is not None else rec.step_jaxpr)}
 
 
 def _vjp_loop(rec):

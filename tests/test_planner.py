@@ -460,3 +460,69 @@ def test_narrow_vmapped_passes_are_priced_per_row():
     assert seq - seq0 == pytest.approx(rec.length * 2 * facts["row_ops"] * K.row_op_time)
     assert lin0 < seq0 and lin > seq
     assert plan_mod.make_plan(rec, facts, backend="cpu").backward == "sequential"
+
+
+# ---- XLA:CPU loop modes and the scan's per-row cost ---------------------------------------
+def _compiled_as_one_kernel(cell, h0, xs) -> bool:
+    """Whether XLA:CPU compiled autopar's forced sequential loop into one kernel (its small-while-
+    loop pass tags such a loop ``xla_cpu_small_call``)."""
+    fn = autopar.parallelize(cell, solver="sequential")
+    return "xla_cpu_small_call" in jax.jit(lambda h, x: fn(h, x)).lower(h0, xs).compile().as_text()
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's loop modes")
+def test_loop_body_bytes_tell_the_loop_mode_xla_cpu_compiles():
+    """``costs.loop_runs_as_thunks`` against what XLA:CPU actually compiled, on loops on both
+    sides of its small-loop threshold: a·h + x at D = 16 and 32 (one kernel) and 64, 256 (thunks),
+    the multi-axis (2, 8, 4) cell and a dense GRU D = 64 (thunks), a D = 2 SSM (one kernel)."""
+    from benchmarks.cells import make_cell
+
+    T = 16
+    cases = {f"a*h+x D={D}": diag_affine(D=D, T=T) for D in (16, 32, 64, 256)}
+    for name in ("multi-axis", "dense-gru-64", "diag-ssm-2"):
+        cell, h0, xs_fn, _ = make_cell(name, 16)
+        cases[name] = (cell, h0, xs_fn(T))
+    K = costs.constants_for("cpu")
+    if not _compiled_as_one_kernel(*cases["a*h+x D=16"]):
+        pytest.skip("this XLA:CPU compiles no loop into one kernel (no small-while-loop pass)")
+    for name, (cell, h0, xs) in cases.items():
+        rec, facts = _analysed(cell, h0, xs)
+        predicted = costs.loop_runs_as_thunks(K, facts["loop_body_bytes"])
+        assert predicted == (not _compiled_as_one_kernel(cell, h0, xs)), (name, facts["loop_body_bytes"])
+
+
+def test_a_thunk_driven_loop_pays_loop_thunk_time_per_step():
+    """The sequential price carries ``loop_thunk_time`` a step exactly when the loop body is past
+    ``loop_kernel_bytes``; GPU constants have no such mode."""
+    seq = solvers_base.get_solver("sequential")
+    K = costs.constants_for("cpu")
+    assert K.loop_thunk_time > 0 and K.loop_kernel_bytes > 0
+    assert costs.loop_kernel_bytes(costs.constants_for("gpu")) is None
+    for D, thunks in ((16, False), (64, True)):
+        rec, facts = _analysed(*diag_affine(D=D, T=256))
+        diff = seq.cost(facts, rec, K).time - seq.cost(facts, rec, K.replace(loop_thunk_time=0.0)).time
+        assert diff == pytest.approx(256 * K.loop_thunk_time if thunks else 0.0, abs=1e-15), D
+
+
+def test_xla_flags_move_the_small_loop_threshold(monkeypatch):
+    K = costs.constants_for("cpu")
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert costs.loop_kernel_bytes(K) == K.loop_kernel_bytes
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
+                       "--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=100000")
+    assert costs.loop_kernel_bytes(K) == 100000
+    assert not costs.loop_runs_as_thunks(K, 50000)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_extra_options=xla_cpu_small_while_loop_byte_threshold=0")
+    assert costs.loop_runs_as_thunks(K, 1.0)  # 0 turns the pass off: every loop runs as thunks
+
+
+def test_the_scan_pays_scan_row_time_per_step():
+    from autopar.solvers import pricing
+    from autopar.structure import Diagonal
+
+    K = costs.constants_for("cpu")
+    st = Diagonal(16)
+    t, _ = pricing.scan(4096, 16, st, 4, 1.0, K)
+    t0, _ = pricing.scan(4096, 16, st, 4, 1.0, K.replace(scan_row_time=0.0))
+    assert t - t0 == pytest.approx(4096 * K.scan_row_time)
+    assert costs.constants_for("gpu").scan_row_time == 0

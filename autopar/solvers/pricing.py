@@ -6,13 +6,15 @@ streamed at ``K.bytes_per_s``:
 
 * one sequential step: ``K.step_overhead + n_ops·K.op_overhead + f / K.seq_flops + bytes_t / K.bytes_per_s``
   where n_ops counts the step's non-fusable ops (dots, reductions, gathers; complex ones weigh
-  ``K.complex_op_factor``) — ``seq_step_ops``;
+  ``K.complex_op_factor``) — ``seq_step_ops`` — plus ``K.loop_thunk_time`` when XLA:CPU runs
+  the loop as thunks, its body touching ``K.loop_kernel_bytes`` or more an iteration
+  (``loop_thunks``);
 * ``extraction``: the step linearised and vmapped over T, one primal and ``n_jvps`` tangents,
   ``T·(f + n_jvps·f') / K.par_flops`` plus its traffic, f' the flops of one tangent
   (``costs.tangent_flops``: only the h-dependent part of the step carries one), plus
   ``T·(r + n_jvps·r')·K.row_op_time`` — every vmapped evaluation of the step pays
   ``row_op_time`` per equation per row (``rows``: r equations in the primal, r' in a tangent);
-* ``scan``: the associative scan, ``levels(T)·K.level_overhead + T·(s + D)·(K.scan_elem_time
+* ``scan``: the associative scan, ``levels(T)·K.level_overhead + T·K.scan_row_time + T·(s + D)·(K.scan_elem_time
   + φ·K.scan_miss_time) + T·o·K.scan_elem_time + 2T·(c + m) / K.par_flops`` (o: the kind's
   ``scan_overhead``) with ``levels(T) = 2⌈log₂T⌉`` and φ the
   fraction of its working set (≈ 3·T·(s + D) floats) beyond ``K.cache_bytes``;
@@ -36,7 +38,7 @@ import numpy as np
 from autopar import costs
 from autopar.structure import Diagonal
 
-__all__ = ["Prediction", "levels", "sizes", "flops", "tangent", "rows", "seq_step_ops", "extraction", "scan",
+__all__ = ["Prediction", "levels", "loop_thunks", "sizes", "flops", "tangent", "rows", "seq_step_ops", "extraction", "scan",
            "residual", "newton_iterations", "newton"]
 
 
@@ -100,6 +102,21 @@ def seq_step_ops(facts: Any, rec: Any, K) -> float:
     return (real + K.complex_op_factor * cplx) * K.op_overhead
 
 
+def loop_thunks(facts: Any, rec: Any, split: Any, K) -> float:
+    """Seconds a sequential loop's step pays for running as XLA:CPU thunks rather than one
+    compiled kernel: ``K.loop_thunk_time`` when its body touches ``K.loop_kernel_bytes`` or more
+    an iteration (``facts["loop_body_bytes"]``, else counted off the loop body: ``split.inner``
+    when the loop is hoisted, the step otherwise), 0 otherwise or where the backend has no
+    such mode."""
+    if not K.loop_thunk_time:
+        return 0.0
+    nbytes = facts.get("loop_body_bytes")
+    if nbytes is None:
+        body = split.inner if split is not None else (rec.step_jaxpr if rec is not None else None)
+        nbytes = costs.loop_body_bytes(body) if body is not None else 0.0
+    return K.loop_thunk_time if costs.loop_runs_as_thunks(K, nbytes) else 0.0
+
+
 def levels(T: int) -> int:
     """Sequential depth of ``lax.associative_scan`` over T elements (up- and down-sweep)."""
     return 2 * math.ceil(math.log2(T)) if T > 1 else 1
@@ -118,8 +135,8 @@ def scan(T, D, st, isz, cplx, K):
     """One associative scan of T compact factors in structure ``st``. (seconds, flops)"""
     work = 2.0 * T * (st.compose_flops() + st.matvec_flops() + D) * cplx
     elems = st.floats() + D + st.scan_elements()
-    t = (levels(T) * K.level_overhead + T * (elems + st.scan_overhead()) * K.scan_elem_time * (isz / 4)
-         + work / K.par_flops)
+    t = (levels(T) * K.level_overhead + T * K.scan_row_time
+         + T * (elems + st.scan_overhead()) * K.scan_elem_time * (isz / 4) + work / K.par_flops)
     t += T * elems * spill(3.0 * T * elems * isz, K) * getattr(K, "scan_miss_time", 0.0) * (isz / 4)
     return t, work
 

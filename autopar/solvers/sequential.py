@@ -56,8 +56,12 @@ class Sequential(Solver):
         return True, "always exact"
 
     def cost(self, facts, rec, K):
-        """T dependent steps, each ``pricing.seq_step_ops`` + its flops at ``K.seq_flops`` + its
-        slices (x_t in, v_t out) at ``costs.loop_bandwidth``.
+        """T dependent steps, each ``pricing.seq_step_ops`` + its flops at ``K.seq_flops`` + the
+        write of its state v_t at ``costs.loop_bandwidth`` and the read of its slice x_t at
+        ``K.bytes_per_s`` (a loop's strided write is its dear traffic: measured, a ``lax.scan``
+        of a·h + x at D = 64 pays ~48 ns a step to return its states, ~12 for all of its
+        reads and work), plus ``K.loop_thunk_time`` when XLA:CPU runs the loop as thunks
+        (``pricing.loop_thunks``).
 
         With ``facts["hoisted"]`` (``autopar.hoist``) the loop runs the state-dependent part only,
         reading its residuals, and the rest is one vectorised pass over T at ``K.par_flops`` (and
@@ -65,15 +69,16 @@ class Sequential(Solver):
         T, D, isz, cplx, xb, _ = pricing.sizes(rec)
         split = facts.get("hoisted")
         loop_bw = costs.loop_bandwidth(K)
+        step = K.step_overhead + pricing.loop_thunks(facts, rec, split, K)
         if split is None:
             fl = pricing.flops(facts, cplx)
-            t = T * (K.step_overhead + pricing.seq_step_ops(facts, rec, K) + fl / K.seq_flops
-                     + (D * isz + xb) / loop_bw)
+            t = T * (step + pricing.seq_step_ops(facts, rec, K) + fl / K.seq_flops
+                     + D * isz / loop_bw + xb / K.bytes_per_s)
             return pricing.Prediction(t, T * D * isz, 1.0, T * fl, float(T))
         real, cx = split.inner_ops
         rb = split.residual_floats * isz
-        loop = (K.step_overhead + (real + K.complex_op_factor * cx) * K.op_overhead
-                + split.inner_flops * cplx / K.seq_flops + (D * isz + rb) / loop_bw)
+        loop = (step + (real + K.complex_op_factor * cx) * K.op_overhead
+                + split.inner_flops * cplx / K.seq_flops + D * isz / loop_bw + rb / K.bytes_per_s)
         outer = (split.outer_flops * cplx / K.par_flops + (xb + rb) / K.bytes_per_s
                  + split.outer_row_ops * K.row_op_time)
         fl = (split.inner_flops + split.outer_flops) * cplx

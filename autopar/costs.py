@@ -536,19 +536,31 @@ def loop_body_bytes(jaxpr, n_outputs: int | None = None) -> float:
         return float(np.prod(a.shape, dtype=np.int64)) * np.dtype(a.dtype).itemsize
 
     consts = {id(v) for v in jp.constvars}
-    read: set = set()
+    # what the top level reads (a call-like equation reads its operands whole)
+    read = {id(v) for e in jp.eqns for v in e.invars if not isinstance(v, _compat.Literal)}
+    read.update(id(v) for v in outs if not isinstance(v, _compat.Literal))
     total = 0.0
-    for eqn, _ in _leaf_eqns(jp):
-        for v in eqn.invars:
-            if not isinstance(v, _compat.Literal):
-                read.add(id(v))
+    for eqn, _ in _leaf_eqns(jp):  # matrix products, inside calls too
         if eqn.primitive.name == "dot_general" and _contraction(eqn) >= 2:
             total += sum(nbytes(v) for v in eqn.invars
                          if not isinstance(v, _compat.Literal) and id(v) not in consts) + 2 * _out_size_bytes(eqn)
-    read.update(id(v) for v in outs if not isinstance(v, _compat.Literal))
     total += sum(nbytes(v) for v in jp.invars if id(v) in read)
     total += sum(nbytes(v) for v in jp.constvars if id(v) in read and np.prod(v.aval.shape, dtype=np.int64) > 1)
-    return total + 4.0 * sum(nbytes(v) for v in outs)
+    return total + _nested_const_bytes(jp) + 4.0 * sum(nbytes(v) for v in outs)
+
+
+def _nested_const_bytes(jp) -> float:
+    """Bytes of the array constants closed over inside the call-like sub-jaxprs of ``jp`` (a
+    ``jax.jit`` inside the cell keeps what it closes over there)."""
+    total = 0.0
+    for eqn in jp.eqns:
+        sub = _compat.call_subjaxpr(eqn)
+        if sub is None:
+            continue
+        total += sum(float(np.prod(np.shape(c), dtype=np.int64)) * np.dtype(getattr(c, "dtype", np.float32)).itemsize
+                     for c in sub.consts if np.prod(np.shape(c), dtype=np.int64) > 1)
+        total += _nested_const_bytes(sub.jaxpr)
+    return total
 
 
 def _out_size_bytes(eqn) -> float:

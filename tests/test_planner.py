@@ -526,3 +526,12 @@ def test_the_scan_pays_scan_row_time_per_step():
     t0, _ = pricing.scan(4096, 16, st, 4, 1.0, K.replace(scan_row_time=0.0))
     assert t - t0 == pytest.approx(4096 * K.scan_row_time)
     assert costs.constants_for("gpu").scan_row_time == 0
+
+
+def test_loop_body_bytes_see_through_calls():
+    """A step whose work sits in a call (``jax.jit`` inside the cell) touches the same bytes."""
+    a = jnp.linspace(0.5, 0.99, 64, dtype=jnp.float32)
+    h0, xs = jnp.zeros(64, jnp.float32), jnp.ones((8, 64), jnp.float32)
+    plain = _analysed(lambda h, x: a * h + x, h0, xs)[1]["loop_body_bytes"]
+    called = _analysed(lambda h, x: jax.jit(lambda h, x: a * h + x)(h, x), h0, xs)[1]["loop_body_bytes"]
+    assert plain == called == (64 + 64 + 64 + 4 * 64) * 4  # h, x_t, the constant a, the state out ×4

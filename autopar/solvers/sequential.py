@@ -4,6 +4,7 @@ and on a CPU often the fastest for cheap cells."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 from autopar import costs, hoist
 
@@ -11,7 +12,8 @@ from . import pricing
 from .base import Problem, Solver, converged_stats, register_solver
 
 
-def sequential_trajectory(f, v0, xt, length=None, leaves=None, unroll=1, hoisting=True, reverse=False):
+def sequential_trajectory(f, v0, xt, length=None, leaves=None, unroll=1, hoisting=True, reverse=False,
+                          lagged=False):
     """v_1..v_T of v_t = f(v_{t-1}, xt_t) by lax.scan (``length`` needed when ``xt`` has no leaves;
     ``unroll`` as lax.scan's, from ``autopar.scan(..., unroll=)``).
 
@@ -23,25 +25,64 @@ def sequential_trajectory(f, v0, xt, length=None, leaves=None, unroll=1, hoistin
     With ``leaves = (split, join)`` the loop carries the state leaves in their own shapes: the
     reshapes around ``f`` then cancel inside the loop body (a flat carry cost up to 1.5× on a
     matrix state), and the flat trajectory is assembled once at the end.
+
+    ``lagged``: write each state one iteration late (``_lagged_scan``); ``"auto"``: where
+    ``lagged_write_pays`` says so for the loop body.
     """
     moved = hoist.hoisted(f, v0, xt) if hoisting else None
     if moved is not None:
         f, xt = moved
+    if lagged == "auto":
+        lagged = lagged_write_pays(f, v0, xt)
+    loop = _lagged_scan if lagged else _scan
     if leaves is not None:
         split, join = leaves
-
-        def body_leaves(c, x):
-            c = split(f(join(c), x))
-            return c, c
-
-        parts = jax.lax.scan(body_leaves, split(v0), xt, length=length, unroll=unroll, reverse=reverse)[1]
+        parts = loop(lambda c, x: split(f(join(c), x)), split(v0), xt, length, unroll, reverse)
         return jax.vmap(join)(parts)
+    return loop(f, v0, xt, length, unroll, reverse)
 
-    def body(v, x):
-        v = f(v, x)
-        return v, v
 
-    return jax.lax.scan(body, v0, xt, length=length, unroll=unroll, reverse=reverse)[1]
+def lagged_write_pays(f, v0, xt) -> bool:
+    """Whether the loop ``v ← f(v, x_t)`` should write its states one iteration late on this
+    backend: ``costs.lagged_write_pays`` of its body, traced (never compiled)."""
+    x0 = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a)[1:], jnp.result_type(a)), xt)
+    v_avals = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), v0)
+    closed = jax.make_jaxpr(f)(v_avals, x0)
+    return costs.lagged_write_pays(closed, len(jax.tree.leaves(v0)), costs.constants_for(jax.default_backend()))
+
+
+def _scan(step, c0, xt, length, unroll, reverse):
+    """The states of ``c ← step(c, x_t)``: a lax.scan whose output is each new carry."""
+    def body(c, x):
+        c = step(c, x)
+        return c, c
+
+    return jax.lax.scan(body, c0, xt, length=length, unroll=unroll, reverse=reverse)[1]
+
+
+def _lagged_scan(step, c0, xt, length, unroll, reverse):
+    """``_scan``'s states, each written one iteration late: iteration t writes its *incoming*
+    carry (the state after step t − 1) into a carried trajectory buffer, and the last state is
+    written after the loop. The write then reads a loop parameter, so XLA cannot fuse the step
+    into the trajectory's dynamic-update-slice and compute it twice, as it does for some bodies
+    (the per-step recompute runs unvectorised: an elementwise chain of 12 transcendentals on 16
+    floats cost 2.5 µs a step that way, 0.57 lagged)."""
+    T = int(length) if length is not None else int(jax.tree.leaves(xt)[0].shape[0])
+    ys = jax.tree.map(lambda c: jnp.zeros((T,) + jnp.shape(c), jnp.result_type(c)), c0)
+    if T == 0:
+        return ys
+    back = -1 if not reverse else 1  # the row of the state the incoming carry is
+
+    def body(carry, inp):
+        c, ys = carry
+        t, x = inp
+        row = jnp.clip(t + back, 0, T - 1)  # the first iteration writes c0 where the next overwrites it
+        ys = jax.tree.map(lambda y, v: jax.lax.dynamic_update_index_in_dim(y, v, row, 0), ys, c)
+        return (step(c, x), ys), None
+
+    (c, ys), _ = jax.lax.scan(body, (c0, ys), (jnp.arange(T), xt), length=T, unroll=unroll, reverse=reverse)
+    last = T - 1 if not reverse else 0
+    return jax.tree.map(lambda y, v: y.at[last].set(v), ys, c)
 
 
 @register_solver
@@ -86,5 +127,5 @@ class Sequential(Solver):
 
     def solve(self, problem: Problem):
         vs = sequential_trajectory(problem.f, problem.v0, problem.xt, problem.length, problem.leaves,
-                                   unroll=problem.options.get("unroll", 1))
+                                   unroll=problem.options.get("unroll", 1), lagged="auto")
         return vs, converged_stats(problem.length)

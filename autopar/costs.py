@@ -517,37 +517,40 @@ def row_ops(jaxpr, n_state: int | None = None) -> int:
     return sum(eqn.primitive.name not in _LAYOUT_ONLY for eqn, _ in _leaf_eqns(jp, live))
 
 
-def loop_body_bytes(jaxpr, n_outputs: int | None = None) -> float:
-    """Bytes one iteration of a ``lax.scan`` running ``jaxpr`` as its step (writing its first
-    ``n_outputs`` outputs, all by default, as the carry and into the trajectory) touches, as
-    XLA:CPU's cost analysis counts them for its small-loop test (``loop_runs_as_thunks``): the
-    inputs and array constants the step reads, each output 4 times (the step's fusion writes it,
-    the trajectory's dynamic-update-slice reads it and writes its row, the carry), and each
-    matrix product's (``dot_general`` with a contraction ≥ 2) non-constant operands and output
-    twice over (a product is an instruction of its own, not fused). An estimate off the jaxpr:
-    measured, a ``lax.scan`` of ``a·h + x`` compiles to one kernel at 32 floats and to thunks
-    at 48 (JAX 0.10.2, threshold 1 KiB); it reads what XLA fuses, not how."""
+def loop_body_bytes(jaxpr) -> float:
+    """Bytes one iteration of a ``lax.scan`` running ``jaxpr`` as its step (writing its outputs as
+    the carry and into the trajectory) touches, as XLA:CPU's cost analysis counts them for its
+    small-loop test (``loop_runs_as_thunks``): the inputs and array constants the step reads,
+    each output 4 times (the step's fusion writes it, the trajectory's dynamic-update-slice reads
+    it and writes its row, the carry), and each matrix product's (``dot_general`` with a
+    contraction ≥ 2) non-constant operands and output twice over (a product is an instruction of
+    its own, not fused). An estimate off the jaxpr: measured, a ``lax.scan`` of ``a·h + x``
+    compiles to one kernel at 32 floats and to thunks at 48 (JAX 0.10.2, threshold 1 KiB); it
+    reads what XLA fuses, not how."""
     jp = jaxpr.jaxpr if isinstance(jaxpr, _compat.ClosedJaxpr) else jaxpr
-    outs = jp.outvars if n_outputs is None else jp.outvars[:n_outputs]
 
-    def nbytes(v):
+    def var_bytes(v):
         a = getattr(v, "aval", None)
-        if a is None or not hasattr(a, "dtype"):
-            return 0.0
-        return float(np.prod(a.shape, dtype=np.int64)) * np.dtype(a.dtype).itemsize
+        return _nbytes(a.shape, a.dtype) if hasattr(a, "dtype") else 0.0
 
     consts = {id(v) for v in jp.constvars}
     # what the top level reads (a call-like equation reads its operands whole)
     read = {id(v) for e in jp.eqns for v in e.invars if not isinstance(v, _compat.Literal)}
-    read.update(id(v) for v in outs if not isinstance(v, _compat.Literal))
+    read.update(id(v) for v in jp.outvars if not isinstance(v, _compat.Literal))
     total = 0.0
     for eqn, _ in _leaf_eqns(jp):  # matrix products, inside calls too
         if eqn.primitive.name == "dot_general" and _contraction(eqn) >= 2:
-            total += sum(nbytes(v) for v in eqn.invars
-                         if not isinstance(v, _compat.Literal) and id(v) not in consts) + 2 * _out_size_bytes(eqn)
-    total += sum(nbytes(v) for v in jp.invars if id(v) in read)
-    total += sum(nbytes(v) for v in jp.constvars if id(v) in read and np.prod(v.aval.shape, dtype=np.int64) > 1)
-    return total + _nested_const_bytes(jp) + 4.0 * sum(nbytes(v) for v in outs)
+            total += sum(var_bytes(v) for v in eqn.invars
+                         if not isinstance(v, _compat.Literal) and id(v) not in consts)
+            total += 2 * sum(var_bytes(v) for v in eqn.outvars)
+    total += sum(var_bytes(v) for v in jp.invars if id(v) in read)
+    total += sum(var_bytes(v) for v in jp.constvars if id(v) in read and np.prod(v.aval.shape, dtype=np.int64) > 1)
+    return total + _nested_const_bytes(jp) + 4.0 * sum(var_bytes(v) for v in jp.outvars)
+
+
+def _nbytes(shape, dtype) -> float:
+    """Bytes of an array of ``shape`` and ``dtype``."""
+    return float(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
 def _nested_const_bytes(jp) -> float:
@@ -558,15 +561,10 @@ def _nested_const_bytes(jp) -> float:
         sub = _compat.call_subjaxpr(eqn)
         if sub is None:
             continue
-        total += sum(float(np.prod(np.shape(c), dtype=np.int64)) * np.dtype(getattr(c, "dtype", np.float32)).itemsize
+        total += sum(_nbytes(np.shape(c), getattr(c, "dtype", np.float32))
                      for c in sub.consts if np.prod(np.shape(c), dtype=np.int64) > 1)
         total += _nested_const_bytes(sub.jaxpr)
     return total
-
-
-def _out_size_bytes(eqn) -> float:
-    return float(sum(int(np.prod(v.aval.shape, dtype=np.int64)) * np.dtype(v.aval.dtype).itemsize
-                     for v in eqn.outvars if hasattr(v.aval, "dtype")))
 
 
 def loop_kernel_bytes(K: BackendConstants) -> float | None:

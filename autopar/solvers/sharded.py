@@ -50,6 +50,7 @@ from . import newton
 from .base import Problem, Stats
 from .linear import RESIDUAL_CHUNK_FLOATS, linearize_steps, proven_residual
 from .result import Result
+from .sequential import sequential_trajectory
 
 __all__ = ["Axis", "summary", "sharded_linear_scan", "sharded_associative_scan", "sharded_kalman_step", "pipeline",
            "run_chain", "sequential_solve", "elk_stage", "composes", "vary", "SHARDED_SOLVERS", "CHAINS", "ShardPlan"]
@@ -253,8 +254,8 @@ def sequential_solve(problem: Problem, axis: Axis):
     def final(v):
         return jax.lax.scan(lambda c, x: (f(c, x), None), v, xt, length=L, unroll=unroll)[0]
 
-    def full(v):
-        return jax.lax.scan(lambda c, x: (f(c, x),) * 2, v, xt, length=L, unroll=unroll)[1]
+    def full(v):  # the unsharded loop's trajectory, its write lagged where that pays
+        return sequential_trajectory(f, v, xt, L, unroll=unroll, hoisting=False, lagged="auto")
 
     vs = pipeline(final, full, problem.v0, axis)
     return vs, Stats(jnp.asarray(problem.length * axis.size, jnp.int32), jnp.asarray(True))

@@ -21,6 +21,7 @@ Time: ``--quick`` takes well under a minute on a 2-core CPU; the full run takes 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -75,24 +76,57 @@ def contenders(cell, h0, xs, hand, skip=()):
     return fns, report, notes, iters
 
 
-def grad_contenders(cell, h0, xs):
-    """Forward + gradient (w.r.t. h0 and xs) of sum(hs²): lax.scan backprop vs autopar's adjoints."""
-    def loss_of(run):
-        return jax.jit(jax.grad(lambda h0, xs: jnp.sum(jnp.abs(jnp.stack(jax.tree_util.tree_leaves(run(h0, xs)))) ** 2),
-                                argnums=(0, 1)))
+def parameterized(cell, h0, xs):
+    """``(step, params)``: ``step(params, h, x)`` is ``cell(h, x)`` with the cell's closed-over
+    floating-point arrays (its weights) taken as the argument ``params`` instead; other
+    constants (index arrays, …) stay closed over.
 
-    fns = {"lax.scan": loss_of(_scan_fn(cell))}
-    auto = autopar.parallelize(cell)
-    fns["auto"] = loss_of(auto)
+    A training step passes its weights to the jitted program as arguments. A cell that closes
+    over concrete arrays instead hands them to XLA as compile-time constants, and XLA folds
+    what depends only on them — a constant transition's powers in a linear scan, for one — so
+    the program timed is not the one a user trains."""
+    x0 = jax.tree_util.tree_map(lambda a: a[0], xs)
+    closed, out_shape = jax.make_jaxpr(cell, return_shape=True)(h0, x0)
+    out_tree = jax.tree_util.tree_structure(out_shape)
+    is_param = [jnp.issubdtype(jnp.result_type(c), jnp.inexact) for c in closed.consts]
+    params = [c for c, p in zip(closed.consts, is_param) if p]
+    fixed = [c for c, p in zip(closed.consts, is_param) if not p]
+
+    def step(params, h, x):
+        it_p, it_f = iter(params), iter(fixed)
+        consts = [next(it_p) if p else next(it_f) for p in is_param]
+        out = jax.core.eval_jaxpr(closed.jaxpr, consts, *jax.tree_util.tree_leaves((h, x)))
+        return jax.tree_util.tree_unflatten(out_tree, out)
+
+    return step, params
+
+
+def grad_contenders(cell, h0, xs):
+    """Forward + gradient of sum(|hs|²) w.r.t. the cell's weights, h0 and xs, the weights passed to
+    the jitted program as arguments (as in training; ``parameterized``): lax.scan backprop vs
+    autopar's adjoints."""
+    step, params = parameterized(cell, h0, xs)
+
+    def loss_of(run_with):  # run_with(cell) -> (h0, xs) -> hs
+        def loss(params, h0, xs):
+            hs = run_with(functools.partial(step, params))(h0, xs)
+            return jnp.sum(jnp.abs(jnp.stack(jax.tree_util.tree_leaves(hs))) ** 2)
+        g = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+        return lambda: g(params, h0, xs)
+
+    fns = {"lax.scan": loss_of(_scan_states), "auto": loss_of(autopar.parallelize)}
     for bw in ("sequential", "linear"):
         try:
-            p = autopar.parallelize(cell, backward=bw)
-            p.explain(h0, xs)
-            fns[f"backward={bw}"] = loss_of(p)
+            autopar.parallelize(cell, backward=bw).explain(h0, xs)
         except ValueError:
-            pass
-    report = auto.explain(h0, xs)
-    return {k: (lambda f=f: f(h0, xs)) for k, f in fns.items()}, report
+            continue
+        fns[f"backward={bw}"] = loss_of(functools.partial(autopar.parallelize, backward=bw))
+    report = autopar.parallelize(cell).explain(h0, xs)
+    return fns, report
+
+
+def _scan_states(cell):
+    return lambda h0, xs: jax.lax.scan(lambda h, x: (cell(h, x),) * 2, h0, xs)[1]
 
 
 def run_suite(cells, Ts, D, repeats, min_time, grad=False, log=print, stat="median", skip=()):

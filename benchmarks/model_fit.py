@@ -7,8 +7,13 @@ planner's prediction with this process's constants (``autopar.costs.constants_fo
 far from 1 on one cell and not the others is where the model misses a mechanism; the planner
 only needs the order of the two right, not their values.
 
+``--grad`` does the same for the two adjoints (``backward="sequential"`` / ``"linear"``): priced
+is ``autopar.plan.predict_backward``, measured the jitted forward + gradient (w.r.t. the cell's
+weights passed as arguments, h0 and xs, as in ``benchmarks.run``) minus auto's forward alone.
+
     PYTHONPATH=. python3 benchmarks/model_fit.py                     # every cell, T = 4096
     PYTHONPATH=. python3 benchmarks/model_fit.py --T 512 --cells multi-axis,mamba-ssm
+    PYTHONPATH=. python3 benchmarks/model_fit.py --grad              # the adjoints
 """
 
 from __future__ import annotations
@@ -20,9 +25,13 @@ os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
 
 import jax  # noqa: E402
 
+import jax.numpy as jnp  # noqa: E402
+
 import autopar  # noqa: E402
+from autopar import plan, trace  # noqa: E402
 from benchmarks.cells import CELLS, make_cell  # noqa: E402
 from benchmarks.common import machine_description, side_by_side  # noqa: E402
+from benchmarks.run import parameterized  # noqa: E402
 
 SOLVERS = ("linear", "sequential")
 
@@ -42,19 +51,51 @@ def fit(name: str, T: int, repeats: int) -> dict:
     return {s: (priced[s], measured[s]) for s in priced}
 
 
+def fit_backward(name: str, T: int, repeats: int) -> dict:
+    """{backward mode: (priced s, measured s)}: each adjoint's price against the jitted forward +
+    gradient minus auto's forward, the cell's weights passed as arguments (``parameterized``)."""
+    cell, h0, xs_fn, _ = make_cell(name, 16)
+    xs = xs_fn(T)
+    report = autopar.parallelize(cell).explain(h0, xs)
+    rec = trace.trace_cell(cell, h0, xs, None, name=name)
+    step, params = parameterized(cell, h0, xs)
+
+    def program(**options):
+        def run(params, h, x):
+            return autopar.parallelize(lambda v, u: step(params, v, u), **options)(h, x)
+        return run
+
+    fwd = jax.jit(program())
+    fns, priced = {"forward": lambda: fwd(params, h0, xs)}, {}
+    for mode in SOLVERS:
+        try:
+            autopar.parallelize(cell, backward=mode).explain(h0, xs)
+        except ValueError:  # does not apply
+            continue
+        priced[mode] = plan.predict_backward(mode, report.facts, rec, report.plan.constants).time
+        run = program(backward=mode)
+        loss = lambda p, h, x, run=run: jnp.sum(jnp.abs(jnp.stack(jax.tree_util.tree_leaves(run(p, h, x)))) ** 2)  # noqa: E731
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+        fns[mode] = lambda grad=grad: grad(params, h0, xs)
+    measured = side_by_side(fns, repeats=repeats, stat="min")
+    return {m: (priced[m], measured[m] - measured["forward"]) for m in priced}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--T", type=int, default=4096)
     ap.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated subset of {','.join(CELLS)}")
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--grad", action="store_true", help="the two adjoints instead of the forward solvers")
     args = ap.parse_args(argv)
     unknown = [c for c in args.cells.split(",") if c not in CELLS]
     if unknown:
         ap.error(f"--cells: unknown {unknown}; choose from {', '.join(CELLS)}")
-    print(f"# cost model vs measured, T = {args.T}, ns a step — {machine_description()}")
+    what = "backward (gradient − forward)" if args.grad else "forward"
+    print(f"# cost model vs measured, {what}, T = {args.T}, ns a step — {machine_description()}")
     print(f"{'cell':>14}  " + "  ".join(f"{s + ' priced/measured':>32}" for s in SOLVERS))
     for name in args.cells.split(","):
-        rows = fit(name, args.T, args.repeats)
+        rows = (fit_backward if args.grad else fit)(name, args.T, args.repeats)
         cols = []
         for s in SOLVERS:
             if s in rows:

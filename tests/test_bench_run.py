@@ -51,3 +51,13 @@ def test_grad_contenders_agree_with_lax_scan(name):
         for a, b in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)):
             scale = float(np.max(np.abs(a))) or 1.0  # float32 sums of many terms: relative to the leaf
             np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-5 * scale, err_msg=f"{name}: {label}")
+
+
+def test_model_fit_prices_and_times_both_adjoints(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # its import sets a default: undone after
+    from benchmarks.model_fit import fit_backward
+
+    rows = fit_backward("diag-ssm", 16, 1)
+    assert set(rows) == {"linear", "sequential"}
+    for priced, measured in rows.values():
+        assert priced > 0 and np.isfinite(measured)

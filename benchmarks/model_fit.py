@@ -19,19 +19,18 @@ weights passed as arguments, h0 and xs, as in ``benchmarks.run``) minus auto's f
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
 
 import jax  # noqa: E402
 
-import jax.numpy as jnp  # noqa: E402
-
 import autopar  # noqa: E402
 from autopar import plan, trace  # noqa: E402
 from benchmarks.cells import CELLS, make_cell  # noqa: E402
 from benchmarks.common import machine_description, side_by_side  # noqa: E402
-from benchmarks.run import parameterized  # noqa: E402
+from benchmarks.run import grad_contenders, parameterized  # noqa: E402
 
 SOLVERS = ("linear", "sequential")
 
@@ -53,30 +52,20 @@ def fit(name: str, T: int, repeats: int) -> dict:
 
 def fit_backward(name: str, T: int, repeats: int) -> dict:
     """{backward mode: (priced s, measured s)}: each adjoint's price against the jitted forward +
-    gradient minus auto's forward, the cell's weights passed as arguments (``parameterized``)."""
+    gradient (``benchmarks.run.grad_contenders``: the cell's weights passed as arguments) minus
+    auto's forward with the weights passed the same way."""
     cell, h0, xs_fn, _ = make_cell(name, 16)
     xs = xs_fn(T)
-    report = autopar.parallelize(cell).explain(h0, xs)
+    grads, report = grad_contenders(cell, h0, xs)
     rec = trace.trace_cell(cell, h0, xs, None, name=name)
     step, params = parameterized(cell, h0, xs)
-
-    def program(**options):
-        def run(params, h, x):
-            return autopar.parallelize(lambda v, u: step(params, v, u), **options)(h, x)
-        return run
-
-    fwd = jax.jit(program())
-    fns, priced = {"forward": lambda: fwd(params, h0, xs)}, {}
+    fwd = jax.jit(lambda p, h, x: autopar.parallelize(functools.partial(step, p))(h, x))
+    fns = {"forward": lambda: fwd(params, h0, xs)}
+    priced = {}
     for mode in SOLVERS:
-        try:
-            autopar.parallelize(cell, backward=mode).explain(h0, xs)
-        except ValueError:  # does not apply
-            continue
-        priced[mode] = plan.predict_backward(mode, report.facts, rec, report.plan.constants).time
-        run = program(backward=mode)
-        loss = lambda p, h, x, run=run: jnp.sum(jnp.abs(jnp.stack(jax.tree_util.tree_leaves(run(p, h, x)))) ** 2)  # noqa: E731
-        grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-        fns[mode] = lambda grad=grad: grad(params, h0, xs)
+        if f"backward={mode}" in grads:  # the mode applies
+            fns[mode] = grads[f"backward={mode}"]
+            priced[mode] = plan.predict_backward(mode, report.facts, rec, report.plan.constants).time
     measured = side_by_side(fns, repeats=repeats, stat="min")
     return {m: (priced[m], measured[m] - measured["forward"]) for m in priced}
 

@@ -115,7 +115,7 @@ def grad_contenders(cell, h0, xs):
         g = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
         return lambda: g(params, h0, xs)
 
-    fns = {"lax.scan": loss_of(_scan_states), "auto": loss_of(autopar.parallelize)}
+    fns = {"lax.scan": loss_of(_scan_fn), "auto": loss_of(autopar.parallelize)}
     for bw in ("sequential", "linear"):
         try:
             autopar.parallelize(cell, backward=bw).explain(h0, xs)
@@ -124,10 +124,6 @@ def grad_contenders(cell, h0, xs):
         fns[f"backward={bw}"] = loss_of(functools.partial(autopar.parallelize, backward=bw))
     report = autopar.parallelize(cell).explain(h0, xs)
     return fns, report
-
-
-def _scan_states(cell):
-    return lambda h0, xs: jax.lax.scan(lambda h, x: (cell(h, x),) * 2, h0, xs)[1]
 
 
 #: A row where auto's program was not the fastest is timed again, its contenders only, for this
